@@ -1,0 +1,1 @@
+"""Deployment configuration: settings from the environment, the Celery app, the providers file."""

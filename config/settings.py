@@ -1,0 +1,44 @@
+"""Settings from the environment (pydantic-settings). Nothing secret lives here."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PROVIDERS_FILE = Path(__file__).with_name("providers.toml")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # Redis: the result backend, and the broker unless BROKER_URL names another (e.g. amqp://).
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    broker_url_override: str | None = Field(None, validation_alias="BROKER_URL")
+    # The ledger: a SQLite file by default (relative to the working directory); postgresql:// URLs work.
+    database_url: str = Field("sqlite:///integrations.sqlite3", validation_alias="DATABASE_URL")
+    providers_file: Path = Field(DEFAULT_PROVIDERS_FILE, validation_alias="INTEGRATIONS_PROVIDERS_FILE")
+    # How long ended operations keep their idempotency record (a resend within it replays the outcome).
+    retention_days: float = Field(7.0, gt=0, validation_alias="INTEGRATIONS_RETENTION_DAYS")
+    # Failed and dead operations (dead letters) are kept longer, for operators to inspect and replay.
+    dead_letter_retention_days: float = Field(30.0, gt=0, validation_alias="INTEGRATIONS_DEAD_LETTER_RETENTION_DAYS")
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker_url_override or self.redis_url
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.retention_days)
+
+    @property
+    def dead_letter_retention(self) -> timedelta:
+        return timedelta(days=self.dead_letter_retention_days)
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,218 @@
+"""The adapter base class that integration developers subclass.
+
+An adapter declares its operations with ``@operation``; each operation turns a validated payload model
+into an ``HttpCall``. The base class sends the call through the worker's ``requests.Session`` with the
+provider's timeout and the idempotency headers, classifies the answer, and parses success into the
+operation's response model. Foreign exceptions are mapped to ``integrations.errors`` here and only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import requests
+from pydantic import BaseModel, ValidationError
+
+from integrations.errors import (
+    ContractViolation,
+    ErrorType,
+    InvalidRequest,
+    OperationError,
+    ProviderRejected,
+    TransientError,
+)
+from integrations.providers import ProviderSettings
+from integrations.resilience.backoff import parse_retry_after
+
+# Bodies kept in the ledger and in error messages are cut here: enough to diagnose, not a data dump.
+MAX_BODY_CHARS = 4096
+
+# Headers the worker sets itself; a payload may not supply them.
+RESERVED_HEADERS = frozenset({"idempotency-key", "x-request-id", "content-length", "host"})
+# Credentials come from the worker's configuration, never from a message (they would be stored and logged).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    """One HTTP request an operation makes, relative to the provider's ``base_url``."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    data: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    """What ``@operation`` records about one operation of an adapter."""
+
+    name: str
+    payload: type[BaseModel]
+    response: type[BaseModel]
+    build: Callable[[Any, Any], HttpCall]
+
+
+AdapterMethod = TypeVar("AdapterMethod", bound=Callable[..., HttpCall])
+
+
+def operation(
+    *, payload: type[BaseModel], response: type[BaseModel], name: str | None = None
+) -> Callable[[AdapterMethod], AdapterMethod]:
+    """Declare an adapter method as an operation: ``build(self, payload) -> HttpCall``."""
+
+    def mark(method: AdapterMethod) -> AdapterMethod:
+        spec = OperationSpec(name=name or method.__name__, payload=payload, response=response, build=method)
+        method.__integrations_operation__ = spec  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class Adapter:
+    """Base class of provider adapters; subclasses set ``name`` and declare operations."""
+
+    name: ClassVar[str]
+    operations: ClassVar[Mapping[str, OperationSpec]] = {}
+    idempotency_header: ClassVar[str] = "Idempotency-Key"
+    request_id_header: ClassVar[str] = "X-Request-ID"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        specs = dict(cls.operations)
+        for attribute in vars(cls).values():
+            spec = getattr(attribute, "__integrations_operation__", None)
+            if isinstance(spec, OperationSpec):
+                specs[spec.name] = spec
+        cls.operations = specs
+
+    def __init__(self, provider: ProviderSettings, session: requests.Session) -> None:
+        self.provider = provider
+        self.session = session
+
+    def where(self, operation: str) -> str:
+        return f"{self.provider.name}.{operation}"
+
+    def parse_payload(self, operation: str, payload: Any) -> BaseModel:
+        """Validate a message's payload; a bad one is an ``InvalidRequest`` naming each field."""
+        spec = self.spec(operation)
+        try:
+            return spec.payload.model_validate(payload)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"payload.{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidRequest(f"{self.where(operation)}: {problems}") from None
+
+    def spec(self, operation: str) -> OperationSpec:
+        try:
+            return self.operations[operation]
+        except KeyError:
+            known = ", ".join(sorted(self.operations))
+            raise InvalidRequest(
+                f"{self.provider.name}: adapter {self.name!r} has no operation {operation!r} (it has: {known})"
+            ) from None
+
+    def call(self, operation: str, payload: BaseModel, *, idempotency_key: str, request_id: str) -> BaseModel:
+        """Make one attempt; return the parsed response or raise an ``OperationError``."""
+        spec = self.spec(operation)
+        call = spec.build(self, payload)
+        headers = {**call.headers, self.idempotency_header: idempotency_key, self.request_id_header: request_id}
+        where = self.where(operation)
+        try:
+            response = self.session.request(
+                call.method,
+                self.provider.base_url + call.path,
+                params=call.params,
+                json=call.json,
+                data=call.data,
+                headers=headers,
+                timeout=self.provider.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            raise TransientError(
+                f"{where}: no answer within {self.provider.timeout:g}s", error_type=ErrorType.TIMEOUT
+            ) from exc
+        except requests.ConnectionError as exc:
+            raise TransientError(
+                f"{where}: cannot connect to {self.provider.base_url}: {type(exc).__name__}",
+                error_type=ErrorType.CONNECTION_ERROR,
+            ) from exc
+        except requests.RequestException as exc:
+            raise InvalidRequest(f"{where}: the request cannot be sent: {exc}") from exc
+        error = self.classify(operation, response)
+        if error is not None:
+            raise error
+        return self.parse_response(spec, response)
+
+    def classify(self, operation: str, response: requests.Response) -> OperationError | None:
+        """Map a non-success answer to an error; ``None`` means success. Adapters refine this."""
+        return classify_http_response(self.where(operation), response)
+
+    def parse_response(self, spec: OperationSpec, response: requests.Response) -> BaseModel:
+        """Parse a success into the operation's response model; a mismatch is a contract violation."""
+        try:
+            return spec.response.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise ContractViolation(
+                f"{self.provider.name}.{spec.name}: the provider's answer does not match "
+                f"{spec.response.__name__} (has its API changed?): {exc}",
+                status_code=response.status_code,
+                body=response_body(response),
+            ) from None
+
+
+def classify_http_response(where: str, response: requests.Response) -> OperationError | None:
+    """HTTP semantics: 2xx success; 408, 429, 5xx transient; any other status a rejection."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return None
+    body = response_body(response)
+    if status == 429:
+        return TransientError(
+            f"{where}: rate limited (HTTP 429)",
+            error_type=ErrorType.RATE_LIMITED,
+            status_code=status,
+            body=body,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    if status == 408 or status >= 500:
+        return TransientError(
+            f"{where}: provider unavailable (HTTP {status})",
+            error_type=ErrorType.TIMEOUT if status == 408 else ErrorType.PROVIDER_UNAVAILABLE,
+            status_code=status,
+            body=body,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    return ProviderRejected(f"{where}: provider rejected the request (HTTP {status})", status_code=status, body=body)
+
+
+def response_body(response: requests.Response) -> Any:
+    """The body for diagnosis: parsed JSON when it is JSON, else text, cut to ``MAX_BODY_CHARS``."""
+    content_type = response.headers.get("Content-Type", "")
+    if "json" in content_type:
+        try:
+            return response.json()
+        except ValueError:
+            pass
+    text = response.text
+    return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS] + "…"
+
+
+def check_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Refuse payload headers that the worker owns or that would carry credentials."""
+    for name in headers:
+        lowered = name.lower()
+        if lowered in CREDENTIAL_HEADERS:
+            raise ValueError(
+                f"header {name!r} carries credentials, which must not travel in messages "
+                "(they would be stored and logged); configure them for the provider on the worker"
+            )
+        if lowered in RESERVED_HEADERS:
+            raise ValueError(f"header {name!r} is set by the worker (from idempotency_key / request_id)")
+    return headers

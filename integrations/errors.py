@@ -1,0 +1,121 @@
+"""Errors of the integrations core.
+
+The tree::
+
+    IntegrationsError
+    ├── ConfigError             the providers file or the settings are wrong (names file, provider, key)
+    ├── LedgerUnavailable       the ledger database cannot be reached; the operation waits, nothing is lost
+    ├── OperationFailed         raised by a task whose operation ended failed or dead (Celery FAILURE)
+    └── OperationError          one attempt at an operation went wrong; carries an ``ErrorInfo``
+        ├── InvalidRequest      the message breaks the contract: never retried, no provider call
+        ├── ProviderRejected    the provider refused the request (4xx other than 408/429): never retried
+        ├── ContractViolation   the provider answered something the adapter's model does not accept
+        └── TransientError      connection error, timeout, 408, 429 or 5xx: retried with backoff
+
+Foreign exceptions (requests, pydantic, SQLAlchemy) are mapped to these at one place each, with
+``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorType(StrEnum):
+    """The ``type`` of an error as the ledger, the CLI and task results name it."""
+
+    INVALID_REQUEST = "invalid_request"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    PROVIDER_REJECTED = "provider_rejected"
+    CONTRACT_VIOLATION = "contract_violation"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    # Transient, retried while attempts remain:
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+class ErrorInfo(BaseModel):
+    """What went wrong, as stored in the ledger and shown to operators."""
+
+    type: ErrorType
+    message: str
+    status_code: int | None = None
+    body: Any = None
+
+
+class IntegrationsError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(IntegrationsError):
+    """The providers file or the settings are wrong; the message names the file, provider and key."""
+
+
+class LedgerUnavailable(IntegrationsError):
+    """The ledger database could not be reached or answered with an error."""
+
+
+class OperationFailed(IntegrationsError):
+    """An operation ended failed or dead; the message starts with the error type."""
+
+
+class OperationError(IntegrationsError):
+    """One attempt at an operation went wrong."""
+
+    error_type: ErrorType = ErrorType.INTERNAL_ERROR
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: ErrorType | None = None,
+        status_code: int | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        if error_type is not None:
+            self.error_type = error_type
+        self.message = message
+        self.status_code = status_code
+        self.body = body
+
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(type=self.error_type, message=self.message, status_code=self.status_code, body=self.body)
+
+
+class InvalidRequest(OperationError):
+    error_type = ErrorType.INVALID_REQUEST
+
+
+class ProviderRejected(OperationError):
+    error_type = ErrorType.PROVIDER_REJECTED
+
+
+class ContractViolation(OperationError):
+    error_type = ErrorType.CONTRACT_VIOLATION
+
+
+class TransientError(OperationError):
+    """A failure worth another attempt; ``retry_after`` is the provider's earliest time, in seconds."""
+
+    retryable = True
+    error_type = ErrorType.PROVIDER_UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: ErrorType | None = None,
+        status_code: int | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, error_type=error_type, status_code=status_code, body=body)
+        self.retry_after = retry_after

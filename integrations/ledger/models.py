@@ -1,0 +1,92 @@
+"""SQLAlchemy models of the ledger. The schema itself is created and changed by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class OperationStatus(StrEnum):
+    QUEUED = "queued"  # received, waiting for its (next) attempt
+    RUNNING = "running"  # an attempt is in flight, under a lease
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # ended at once: invalid request, rejection, contract violation
+    DEAD = "dead"  # retries exhausted: a dead letter
+
+    @property
+    def terminal(self) -> bool:
+        return self in (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.DEAD)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone and would hand back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("ledger timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class Operation(Base):
+    """One logical operation. ``idempotency_key`` is NULL only for a message whose key itself was invalid."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        UniqueConstraint("provider", "idempotency_key"),
+        Index(None, "status", "finished_at"),
+        Index(None, "provider", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    operation: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    replays: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every write: updates compare it, so two workers can never both win a claim or a finish.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    response: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,363 @@
+"""Reads and writes of the ledger.
+
+Every write is one statement that compares the row's ``version``: a claim or a finish either wins
+outright or changes nothing, on SQLite and PostgreSQL alike, with no lock held across a provider call.
+SQLAlchemy errors become ``LedgerUnavailable`` here, so callers deal with one exception.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from integrations.errors import ErrorInfo, LedgerUnavailable
+from integrations.ledger.models import Operation, OperationStatus
+
+Clock = Callable[[], datetime]
+_table = Operation.__table__
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """A ledger row, detached from any database session."""
+
+    id: str
+    provider: str
+    operation: str
+    idempotency_key: str | None
+    fingerprint: str
+    payload: Any
+    request_id: str | None
+    status: OperationStatus
+    attempts: int
+    replays: int
+    version: int
+    error: dict[str, Any] | None
+    response: Any
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    lease_expires_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as operators see it (``integrations ops show --json``)."""
+        data = asdict(self)
+        del data["fingerprint"], data["version"]
+        data["operation_id"] = data.pop("id")
+        data["status"] = self.status.value
+        for name, value in data.items():
+            if isinstance(value, datetime):
+                data[name] = value.isoformat()
+        return data
+
+
+def database_url(url: str) -> str:
+    """Accept the usual ``postgresql://`` and ``postgres://`` URLs and use the psycopg 3 driver for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_ledger_engine(url: str) -> Engine:
+    url = database_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL lets worker processes read while one writes; busy_timeout waits for the writer.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Ledger:
+    """The operation ledger on one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    @classmethod
+    def connect(cls, url: str, *, clock: Clock = utcnow) -> Ledger:
+        return cls(create_ledger_engine(url), clock=clock)
+
+    @property
+    def where(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(
+                f"ledger at {self.where}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
+                "(is the database up, and has `integrations db upgrade` been run?)"
+            ) from exc
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def find(self, provider: str, idempotency_key: str) -> OperationRecord | None:
+        query = select(_table).where(_table.c.provider == provider, _table.c.idempotency_key == idempotency_key)
+        with self._begin() as connection:
+            row = connection.execute(query).mappings().first()
+        return _record(row) if row else None
+
+    def get(self, operation_id: str) -> OperationRecord | None:
+        with self._begin() as connection:
+            row = connection.execute(select(_table).where(_table.c.id == operation_id)).mappings().first()
+        return _record(row) if row else None
+
+    def dead_letters(self, provider: str | None = None, limit: int = 1000) -> list[OperationRecord]:
+        """Failed and dead operations, newest first."""
+        query = select(_table).where(_table.c.status.in_([OperationStatus.FAILED, OperationStatus.DEAD]))
+        if provider is not None:
+            query = query.where(_table.c.provider == provider)
+        query = query.order_by(_table.c.finished_at.desc(), _table.c.id).limit(limit)
+        with self._begin() as connection:
+            return [_record(row) for row in connection.execute(query).mappings()]
+
+    def count_by_status(self, provider: str | None = None) -> dict[str, int]:
+        query = select(_table.c.status, func.count()).group_by(_table.c.status)
+        if provider is not None:
+            query = query.where(_table.c.provider == provider)
+        with self._begin() as connection:
+            return {status: count for status, count in connection.execute(query).tuples()}
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        provider: str,
+        operation: str,
+        idempotency_key: str,
+        fingerprint: str,
+        payload: Any,
+        request_id: str,
+        lease: timedelta,
+    ) -> OperationRecord | None:
+        """Insert a new operation as running its first attempt; ``None`` if the key is already taken."""
+        now = self.clock()
+        values = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
+            "status": OperationStatus.RUNNING.value,
+            "attempts": 1,
+            "started_at": now,
+            "lease_expires_at": now + lease,
+        }
+        try:
+            with self._begin() as connection:
+                connection.execute(insert(_table).values(**values))
+        except IntegrityError:
+            return None
+        return _record(values)
+
+    def record_invalid(
+        self,
+        *,
+        provider: str,
+        operation: str,
+        idempotency_key: str | None,
+        fingerprint: str,
+        payload: Any,
+        request_id: str | None,
+        error: ErrorInfo,
+    ) -> OperationRecord:
+        """Record a message that broke the contract. It binds its key only when the key is still free."""
+        now = self.clock()
+        values = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
+            "status": OperationStatus.FAILED.value,
+            "error": error.model_dump(mode="json"),
+            "finished_at": now,
+        }
+        try:
+            with self._begin() as connection:
+                connection.execute(insert(_table).values(**values))
+        except IntegrityError:
+            values |= {"idempotency_key": None, "id": str(uuid.uuid4())}
+            with self._begin() as connection:
+                connection.execute(insert(_table).values(**values))
+        return _record(values)
+
+    def claim(
+        self,
+        record: OperationRecord,
+        *,
+        lease: timedelta,
+        request_id: str,
+        takeover: tuple[str, str, Any] | None = None,
+    ) -> OperationRecord | None:
+        """Start the next attempt of ``record`` if nobody changed it since it was read; else ``None``.
+
+        ``takeover`` is (operation, fingerprint, payload) when a valid request takes over the key of a
+        request that was recorded as invalid: its attempt count starts again.
+        """
+        now = self.clock()
+        values: dict[str, Any] = {
+            "status": OperationStatus.RUNNING.value,
+            "attempts": record.attempts + 1,
+            "version": record.version + 1,
+            "request_id": request_id,
+            "started_at": now,
+            "updated_at": now,
+            "lease_expires_at": now + lease,
+            "next_attempt_at": None,
+        }
+        if takeover is not None:
+            operation, fingerprint, payload = takeover
+            values |= {
+                "operation": operation,
+                "fingerprint": fingerprint,
+                "payload": payload,
+                "attempts": 1,
+                "error": None,
+                "finished_at": None,
+            }
+        return self._compare_and_set(record, values)
+
+    def finish(
+        self,
+        record: OperationRecord,
+        status: OperationStatus,
+        *,
+        response: Any = None,
+        error: ErrorInfo | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> OperationRecord | None:
+        """End the attempt that ``record`` (as claimed) stands for; ``None`` if it was taken over."""
+        now = self.clock()
+        values: dict[str, Any] = {
+            "status": status.value,
+            "version": record.version + 1,
+            "updated_at": now,
+            "lease_expires_at": None,
+            "next_attempt_at": next_attempt_at,
+            "response": response,
+            "error": error.model_dump(mode="json") if error else None,
+            "finished_at": now if status.terminal else None,
+        }
+        return self._compare_and_set(record, values)
+
+    def reset_for_replay(self, operation_id: str) -> OperationRecord:
+        """Make a failed or dead operation queued again with a fresh attempt budget."""
+        record = self.get(operation_id)
+        if record is None:
+            raise LookupError(f"no operation {operation_id!r} in the ledger at {self.where}")
+        if record.status not in (OperationStatus.FAILED, OperationStatus.DEAD):
+            raise ValueError(f"operation {operation_id} is {record.status.value}; only failed or dead ones replay")
+        if record.error and record.error.get("type") == "invalid_request":
+            raise ValueError(
+                f"operation {operation_id} was an invalid request; the same message would fail again: "
+                "fix the payload and send it again"
+            )
+        now = self.clock()
+        values = {
+            "status": OperationStatus.QUEUED.value,
+            "attempts": 0,
+            "replays": record.replays + 1,
+            "version": record.version + 1,
+            "updated_at": now,
+            "finished_at": None,
+            "next_attempt_at": None,
+            "error": None,
+        }
+        updated = self._compare_and_set(record, values)
+        if updated is None:
+            raise ValueError(f"operation {operation_id} changed while it was being replayed; try again")
+        return updated
+
+    def restore(self, before: OperationRecord, current: OperationRecord) -> None:
+        """Put back ``before`` over ``current`` (undo a replay whose message could not be sent)."""
+        values = {k: v for k, v in _row_values(before).items() if k != "id"} | {"version": current.version + 1}
+        self._compare_and_set(current, values)
+
+    def prune(self, *, retention: timedelta, dead_letter_retention: timedelta) -> int:
+        """Delete ended operations past their retention; returns how many rows went."""
+        now = self.clock()
+        succeeded = delete(_table).where(
+            _table.c.status == OperationStatus.SUCCEEDED, _table.c.finished_at < now - retention
+        )
+        ended_badly = delete(_table).where(
+            or_(_table.c.status == OperationStatus.FAILED, _table.c.status == OperationStatus.DEAD),
+            _table.c.finished_at < now - dead_letter_retention,
+        )
+        with self._begin() as connection:
+            return sum(connection.execute(statement).rowcount for statement in (succeeded, ended_badly))
+
+    def _compare_and_set(self, record: OperationRecord, values: dict[str, Any]) -> OperationRecord | None:
+        statement = (
+            update(_table).where(_table.c.id == record.id, _table.c.version == record.version).values(**values)
+        )
+        with self._begin() as connection:
+            if connection.execute(statement).rowcount != 1:
+                return None
+        return _record(_row_values(record) | values)
+
+
+def _new_row(
+    provider: str,
+    operation: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+    payload: Any,
+    request_id: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "provider": provider,
+        "operation": operation,
+        "idempotency_key": idempotency_key,
+        "fingerprint": fingerprint,
+        "payload": payload,
+        "request_id": request_id,
+        "status": OperationStatus.QUEUED.value,
+        "attempts": 0,
+        "replays": 0,
+        "version": 1,
+        "error": None,
+        "response": None,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "next_attempt_at": None,
+        "lease_expires_at": None,
+    }
+
+
+def _row_values(record: OperationRecord) -> dict[str, Any]:
+    values = asdict(record)
+    values["status"] = record.status.value
+    return values
+
+
+def _record(row: Any) -> OperationRecord:
+    values = dict(row)
+    values["status"] = OperationStatus(values["status"])
+    return OperationRecord(**values)
+

@@ -1,0 +1,339 @@
+"""The way of one operation through the core: message -> idempotency -> guards -> adapter -> ledger.
+
+``OperationRunner.run`` takes one delivery of a message and returns an ``Outcome``; ``tasks/`` turns
+that into Celery terms. Nothing else decides retries. The hot path costs one ledger read and two ledger
+writes (claim, finish) per attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from integrations.adapters.base import Adapter
+from integrations.errors import (
+    ErrorInfo,
+    ErrorType,
+    InvalidRequest,
+    LedgerUnavailable,
+    OperationError,
+)
+from integrations.ledger.models import OperationStatus
+from integrations.ledger.store import Clock, Ledger, OperationRecord, utcnow
+from integrations.providers import MAX_COUNTDOWN, ProviderSettings
+from integrations.resilience import idempotency
+from integrations.resilience.backoff import ExponentialBackoff, next_delay
+
+log = logging.getLogger("integrations.operations")
+
+MAX_KEY_LENGTH = 255
+
+
+def _printable(value: str | None) -> str | None:
+    if value is not None and not value.isprintable():
+        raise ValueError("must contain printable characters only (no control characters or newlines)")
+    return value
+
+
+class OperationMessage(BaseModel):
+    """The kwargs of a message: the whole contract between an application and the workers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    payload: dict[str, Any]
+    idempotency_key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
+    request_id: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
+
+    _check_printable = field_validator("idempotency_key", "request_id")(_printable)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a message to a worker."""
+
+    operation: str
+    kwargs: Mapping[str, Any]
+    args: Sequence[Any] = ()
+    message_id: str | None = None
+    redeliveries: int = 0  # how often this message was already put back (deferred or retried)
+
+
+@dataclass(frozen=True)
+class Done:
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The attempt failed in a way worth another try; ``delay`` seconds from now (an attempt was used)."""
+
+    delay: float
+    error: ErrorInfo
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Not now, and no attempt used: another attempt is in flight, the next is not due, or a guard said wait."""
+
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The operation ended failed or dead (or the message conflicts with its key)."""
+
+    status: OperationStatus
+    error: ErrorInfo
+    operation_id: str | None = None
+    replayed: bool = False
+
+    @property
+    def message(self) -> str:
+        return f"{self.error.type.value}: {self.error.message}"
+
+
+Outcome = Done | Retry | Defer | Failed
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What a guard sees of the attempt about to be made."""
+
+    provider: ProviderSettings
+    operation: str
+    payload: BaseModel
+    idempotency_key: str
+
+
+class Guard(Protocol):
+    """A check around the provider call (the shared breaker and throttle are guards).
+
+    ``admit`` runs before an attempt is claimed, so a deferral never uses an attempt; ``observe`` sees
+    how the call went (``error`` is None on success). Guards run in order, observers in reverse.
+    """
+
+    def admit(self, attempt: Attempt) -> Defer | None: ...
+
+    def observe(self, attempt: Attempt, error: OperationError | None, seconds: float) -> None: ...
+
+
+def poll_delay(redeliveries: int) -> float:
+    """How soon a message waiting on another attempt looks again: 0.25 s doubling to 5 s."""
+    return min(5.0, 0.25 * 2.0 ** min(redeliveries, 8))
+
+
+@dataclass
+class OperationRunner:
+    """Runs the operations of one provider through its adapter."""
+
+    provider: ProviderSettings
+    adapter: Adapter
+    ledger: Ledger
+    clock: Clock = utcnow
+    guards: Sequence[Guard] = ()
+    backoff: ExponentialBackoff = field(init=False)
+
+    def __post_init__(self) -> None:
+        retry = self.provider.retry
+        self.backoff = ExponentialBackoff(base=retry.backoff_base, cap=retry.backoff_max)
+
+    def run(self, delivery: Delivery) -> Outcome:
+        try:
+            return self._run(delivery)
+        except LedgerUnavailable as exc:
+            delay = poll_delay(delivery.redeliveries + 2)
+            log.error("%s: ledger unavailable, message put back for %.1fs: %s", self.where(delivery), delay, exc)
+            return Defer(delay, "ledger_unavailable")
+
+    def where(self, delivery: Delivery) -> str:
+        return f"{self.provider.name}.{delivery.operation}"
+
+    def _run(self, delivery: Delivery) -> Outcome:
+        try:
+            message = self._parse(delivery)
+            payload = self.adapter.parse_payload(delivery.operation, message.payload)
+        except InvalidRequest as exc:
+            return self._invalid(delivery, exc)
+        request_fingerprint = idempotency.fingerprint(delivery.operation, message.payload)
+
+        claimed: OperationRecord | None = None
+        for _ in range(3):  # a claim lost to another worker re-reads the row and decides again
+            record = self.ledger.find(self.provider.name, message.idempotency_key)
+            decision = idempotency.decide(record, request_fingerprint, self.clock())
+            if isinstance(decision, idempotency.Replay):
+                return self._replay(decision.record)
+            if isinstance(decision, idempotency.Conflict):
+                return self._conflict(delivery, message, decision.record)
+            if isinstance(decision, idempotency.Wait):
+                return self._wait(delivery, decision)
+            attempt = Attempt(self.provider, delivery.operation, payload, message.idempotency_key)
+            for guard in self.guards:
+                deferral = guard.admit(attempt)
+                if deferral is not None:
+                    return deferral
+            request_id = message.request_id or (record.request_id if record else None) or str(uuid.uuid4())
+            lease = timedelta(seconds=self.provider.lease_seconds)
+            if isinstance(decision, idempotency.Start):
+                claimed = self.ledger.start(
+                    provider=self.provider.name,
+                    operation=delivery.operation,
+                    idempotency_key=message.idempotency_key,
+                    fingerprint=request_fingerprint,
+                    payload=message.payload,
+                    request_id=request_id,
+                    lease=lease,
+                )
+            else:
+                takeover = (delivery.operation, request_fingerprint, message.payload) if decision.takeover else None
+                claimed = self.ledger.claim(decision.record, lease=lease, request_id=request_id, takeover=takeover)
+            if claimed is not None:
+                return self._attempt(attempt, claimed)
+        return Defer(poll_delay(delivery.redeliveries), "contended")
+
+    def _parse(self, delivery: Delivery) -> OperationMessage:
+        if delivery.args:
+            raise InvalidRequest(
+                f"{self.where(delivery)}: positional arguments are not accepted; send "
+                "kwargs={'payload': ..., 'idempotency_key': ..., 'request_id': ...}"
+            )
+        try:
+            return OperationMessage.model_validate(dict(delivery.kwargs))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(kwargs)'}: "
+                + ("unexpected key; the message takes payload, idempotency_key and request_id"
+                   if e["type"] == "extra_forbidden" else e["msg"])
+                for e in exc.errors()
+            )
+            raise InvalidRequest(f"{self.where(delivery)}: {problems}") from None
+
+    def _attempt(self, attempt: Attempt, claimed: OperationRecord) -> Outcome:
+        assert claimed.idempotency_key is not None and claimed.request_id is not None
+        started = time.monotonic()
+        error: OperationError | None = None
+        response: BaseModel | None = None
+        try:
+            response = self.adapter.call(
+                attempt.operation,
+                attempt.payload,
+                idempotency_key=claimed.idempotency_key,
+                request_id=claimed.request_id,
+            )
+        except OperationError as exc:
+            error = exc
+        except Exception as exc:  # an adapter bug must end as a dead letter, not vanish with the message
+            log.exception("%s.%s: adapter raised unexpectedly", self.provider.name, attempt.operation)
+            error = OperationError(f"{self.provider.name}.{attempt.operation}: adapter error: {exc!r}")
+        elapsed = time.monotonic() - started
+        for guard in reversed(self.guards):
+            guard.observe(attempt, error, elapsed)
+        if error is None:
+            assert response is not None
+            finished = self.ledger.finish(
+                claimed, OperationStatus.SUCCEEDED, response=response.model_dump(mode="json", by_alias=True)
+            )
+            if finished is None:
+                return self._taken_over(claimed)
+            log.info("succeeded %s.%s key=%s attempts=%d", finished.provider, finished.operation,
+                     finished.idempotency_key, finished.attempts)
+            return Done(result(finished, replayed=False))
+        return self._failed_attempt(claimed, error)
+
+    def _failed_attempt(self, claimed: OperationRecord, error: OperationError) -> Outcome:
+        where = f"{claimed.provider}.{claimed.operation}"
+        info = error.info()
+        retry_after = getattr(error, "retry_after", None)
+        if error.retryable and claimed.attempts < self.provider.retry.max_attempts:
+            delay = next_delay(self.backoff, claimed.attempts, retry_after)
+            due = self.clock() + timedelta(seconds=delay)
+            if self.ledger.finish(claimed, OperationStatus.QUEUED, error=info, next_attempt_at=due) is None:
+                return self._taken_over(claimed)
+            log.warning("retrying %s key=%s attempt %d/%d in %.2fs: %s", where, claimed.idempotency_key,
+                        claimed.attempts, self.provider.retry.max_attempts, delay, info.message)
+            return Retry(min(delay, MAX_COUNTDOWN), info)
+        status = OperationStatus.FAILED
+        if error.retryable:
+            status = OperationStatus.DEAD
+            info = ErrorInfo(
+                type=ErrorType.RETRIES_EXHAUSTED,
+                message=f"{where}: gave up after {claimed.attempts} attempts; last error: {info.message}",
+                status_code=info.status_code,
+                body=info.body,
+            )
+        finished = self.ledger.finish(claimed, status, error=info)
+        if finished is None:
+            return self._taken_over(claimed)
+        log.warning("%s %s key=%s operation_id=%s: %s", status.value, where, claimed.idempotency_key,
+                    claimed.id, info.message)
+        return Failed(status, info, claimed.id)
+
+    def _taken_over(self, claimed: OperationRecord) -> Outcome:
+        # Our lease ran out and another worker claimed the operation: its outcome is the one that counts.
+        log.warning("%s.%s key=%s: lease lost to another worker; will report its outcome",
+                    claimed.provider, claimed.operation, claimed.idempotency_key)
+        return Defer(poll_delay(0), "taken_over")
+
+    def _replay(self, record: OperationRecord) -> Outcome:
+        if record.status is OperationStatus.SUCCEEDED:
+            return Done(result(record, replayed=True))
+        error = ErrorInfo.model_validate(record.error)
+        return Failed(record.status, error, record.id, replayed=True)
+
+    def _conflict(self, delivery: Delivery, message: OperationMessage, record: OperationRecord) -> Outcome:
+        error = ErrorInfo(
+            type=ErrorType.IDEMPOTENCY_CONFLICT,
+            message=(
+                f"{self.where(delivery)}: idempotency key {message.idempotency_key!r} was already used by "
+                f"operation {record.id} ({record.provider}.{record.operation}) with a different "
+                "operation or payload; use a new key for a new operation"
+            ),
+        )
+        log.warning("%s", error.message)
+        return Failed(OperationStatus.FAILED, error, record.id)
+
+    def _wait(self, delivery: Delivery, wait: idempotency.Wait) -> Outcome:
+        remaining = max(0.0, (wait.until - self.clock()).total_seconds())
+        if wait.reason == "in_flight":
+            remaining = min(remaining, poll_delay(delivery.redeliveries))
+        return Defer(min(remaining, MAX_COUNTDOWN), wait.reason)
+
+    def _invalid(self, delivery: Delivery, exc: InvalidRequest) -> Outcome:
+        kwargs = delivery.kwargs if isinstance(delivery.kwargs, Mapping) else {}
+        key = kwargs.get("idempotency_key")
+        valid_key = isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()
+        request_id = kwargs.get("request_id")
+        payload = kwargs.get("payload")
+        record = self.ledger.record_invalid(
+            provider=self.provider.name,
+            operation=delivery.operation,
+            idempotency_key=key if valid_key else None,
+            fingerprint=idempotency.fingerprint(delivery.operation, payload),
+            payload=payload,
+            request_id=request_id if isinstance(request_id, str) and len(request_id) <= MAX_KEY_LENGTH else None,
+            error=exc.info(),
+        )
+        log.warning("invalid request %s operation_id=%s: %s", self.where(delivery), record.id, exc.message)
+        return Failed(OperationStatus.FAILED, exc.info(), record.id)
+
+
+def result(record: OperationRecord, *, replayed: bool) -> dict[str, Any]:
+    """The task result of a succeeded operation, as ``AsyncResult.get()`` returns it."""
+    return {
+        "status": "succeeded",
+        "provider": record.provider,
+        "operation": record.operation,
+        "idempotency_key": record.idempotency_key,
+        "operation_id": record.id,
+        "attempts": record.attempts,
+        "replayed": replayed,
+        "response": record.response,
+    }
+

@@ -1,0 +1,176 @@
+"""The providers file: which adapter serves each provider, and that provider's limits.
+
+A TOML file (``config/providers.toml`` by default) validated with pydantic. Every error names the file,
+the provider and the key, and says what is expected, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from integrations.errors import ConfigError
+
+# The longest delay the code hands to the broker as a countdown. A message held by a worker for an ETA
+# must come back before the Redis transport's visibility_timeout, or Redis redelivers it; config/celery_app.py
+# sets that timeout above this. Longer waits (a far Retry-After) are served in hops of at most this length.
+MAX_COUNTDOWN = 900.0
+
+PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Rate(BaseModel):
+    """A rate such as ``20/s``, ``600/m`` or ``1000/h``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    amount: float
+    period: float  # seconds
+    text: str
+
+    @property
+    def per_second(self) -> float:
+        return self.amount / self.period
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        match = _RATE.match(text)
+        if match is None or float(match.group(1)) <= 0:
+            raise ValueError(f"rate {text!r} is not of the form N/s, N/m or N/h with N > 0 (e.g. '20/s')")
+        return cls(amount=float(match.group(1)), period=_PERIODS[match.group(2)], text=text.strip())
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetrySettings(_Section):
+    """``[providers.<p>.retry]``: exponential backoff with full jitter."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 8
+    backoff_base: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max: Annotated[float, Field(gt=0, le=MAX_COUNTDOWN)] = 300.0
+
+    @model_validator(mode="after")
+    def _base_below_max(self) -> RetrySettings:
+        if self.backoff_base > self.backoff_max:
+            raise ValueError("backoff_base must not exceed backoff_max")
+        return self
+
+
+class BreakerSettings(_Section):
+    """``[providers.<p>.breaker]``: parsed and kept; enforced by the cluster-wide breaker."""
+
+    fail_max: Annotated[int, Field(ge=1)] = 5
+    reset_timeout: Annotated[float, Field(gt=0)] = 30.0
+
+
+class ProviderSettings(_Section):
+    """One ``[providers.<name>]`` table."""
+
+    name: str
+    adapter: str
+    base_url: str
+    timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    rate_limit: Rate | None = None
+    burst: Annotated[int, Field(ge=1)] | None = None
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"base_url {value!r} must start with http:// or https:// and name a host")
+        return value.rstrip("/")
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _parse_rate(cls, value: Any) -> Any:
+        return Rate.parse(value) if isinstance(value, str) else value
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.name)
+
+    def task_name(self, operation: str) -> str:
+        return task_name(self.name, operation)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long one attempt may hold its operation before another worker may take it over: longer
+        than the call can take (the timeout applies per connect and per read), short enough that an
+        operation whose worker died is picked up again soon."""
+        return 3 * self.timeout + 5.0
+
+
+def queue_name(provider: str) -> str:
+    """The broker queue of a provider's operations: ``integrations.<provider>``."""
+    return f"integrations.{provider}"
+
+
+def task_name(provider: str, operation: str) -> str:
+    """The task an application sends: ``integrations.<provider>.<operation>``."""
+    return f"integrations.{provider}.{operation}"
+
+
+def load_providers(path: Path | str) -> dict[str, ProviderSettings]:
+    """Read and validate a providers file; raise ``ConfigError`` naming the file, provider and key."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: providers file not found; set INTEGRATIONS_PROVIDERS_FILE or create it "
+            "(see config/providers.toml for an example)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read providers file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_providers(document, source=str(path))
+
+
+def parse_providers(document: dict[str, Any], *, source: str) -> dict[str, ProviderSettings]:
+    unknown = sorted(set(document) - {"providers"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; only [providers.<name>] tables belong here")
+    tables = document.get("providers", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{source}: 'providers' must be a table of [providers.<name>] tables")
+    providers: dict[str, ProviderSettings] = {}
+    for name, table in tables.items():
+        where = f"{source}: [providers.{name}]"
+        if not PROVIDER_NAME.match(name):
+            raise ConfigError(
+                f"{where}: provider names are lower-case letters, digits, '-' and '_', starting with a letter "
+                "(they become queue and task names)"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        if "name" in table:
+            raise ConfigError(f"{where}: 'name' is taken from the table header; remove the key")
+        try:
+            providers[name] = ProviderSettings.model_validate({**table, "name": name})
+        except ValidationError as exc:
+            raise ConfigError(_describe(where, exc)) from None
+    return providers
+
+
+def _describe(where: str, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"] if part != "name") or "(table)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling against config/providers.toml)"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{where} key '{key}': {message}")
+    return "\n".join(problems)

@@ -1,0 +1,1 @@
+"""Resilience policies: backoff, idempotency rules (and, later, the shared breaker and throttle)."""

@@ -1,0 +1,1 @@
+"""Test doubles for exercising integrations without real providers."""

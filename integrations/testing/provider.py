@@ -1,0 +1,443 @@
+"""A local HTTP server that plays a third-party API provider for tests, benchmarks and the demo.
+
+Workers call it over real HTTP; query-string parameters make it fail, throttle, stall or drop connections on
+demand, and the process that started it can inspect every request it received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request as the simulator received it, with the status it answered (0 when it dropped it)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    status: int
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    drop: bool = False
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    received_at: float
+
+
+class _BadParameter(ValueError):
+    pass
+
+
+def _error_body(status: int, message: str | None = None, error_type: str = "simulated") -> bytes:
+    error = {"type": error_type, "message": message or f"simulated {status}", "status": status}
+    return json.dumps({"error": error}).encode()
+
+
+def _error(status: int, retry_after: str | None, delay: float = 0.0) -> _Response:
+    headers = (("Retry-After", retry_after),) if retry_after is not None else ()
+    return _Response(status, _error_body(status), "application/json", headers, delay=delay)
+
+
+def _status_param(query: dict[str, str], name: str, default: int) -> int:
+    value = _int_param(query, name, default)
+    if not 200 <= value <= 599:
+        raise _BadParameter(f"{name} must be an HTTP status between 200 and 599, got {value}")
+    return value
+
+
+def _int_param(query: dict[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadParameter(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise _BadParameter(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _delay_param(query: dict[str, str]) -> float:
+    raw = query.get("delay")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _BadParameter(f"delay must be a number of seconds, got {raw!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise _BadParameter(f"delay must be a finite, non-negative number of seconds, got {raw!r}")
+    return value
+
+
+def _flag_param(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "").lower() in {"1", "true", "yes", "on"}
+
+
+def _stable_id(idempotency_key: str | None) -> str:
+    seed = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
+    return "sim_" + hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+class ProviderSimulator:
+    """A threaded local HTTP provider whose behaviour each request picks with query parameters.
+
+    Any method, any path. ``ok_status=201`` changes the success status; ``status=422`` always answers that
+    status; ``fail=2&fail_status=503`` fails the first two requests per (path, Idempotency-Key), or per
+    path and query without a key; ``retry_after=<v>`` adds ``Retry-After: <v>`` to error responses;
+    ``delay=0.5`` stalls before answering; ``drop=1`` closes the connection unanswered (only the failing
+    requests when combined with ``fail``); ``text=1`` answers ``text/plain`` ``ok``. ``set_outage()``
+    overrides all of it. The socket is bound on construction, so ``url`` is known before ``start()``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[RecordedRequest] = []
+        self._fail_counts: dict[tuple[str, str], int] = {}
+        self._outage: tuple[int, str | None] | None = None
+        self._stopping = threading.Event()
+        self._server = _Server((host, port), self)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self) -> ProviderSimulator:
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("a stopped ProviderSimulator cannot be restarted; create a new one")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._server.serve_forever,
+                    kwargs={"poll_interval": _POLL_INTERVAL},
+                    name=f"provider-simulator-{self.port}",
+                    daemon=True,
+                )
+                self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            thread = self._thread
+        self._stopping.set()
+        if thread is not None:
+            self._server.shutdown()
+            thread.join()
+        self._server.server_close()
+        self._server.close_connections()
+
+    def __enter__(self) -> ProviderSimulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def calls(self, path: str | None = None, idempotency_key: str | None = None) -> list[RecordedRequest]:
+        with self._lock:
+            snapshot = list(self._calls)
+        return [
+            call
+            for call in snapshot
+            if (path is None or call.path == path)
+            and (idempotency_key is None or call.headers.get("idempotency-key") == idempotency_key)
+        ]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
+            self._fail_counts.clear()
+            self._outage = None
+
+    def set_outage(self, status: int | None, retry_after: float | None = None) -> None:
+        if status is None:
+            with self._lock:
+                self._outage = None
+            return
+        if not 400 <= status <= 599:
+            raise ValueError(f"outage status must be between 400 and 599, got {status}")
+        if retry_after is not None and retry_after < 0:
+            raise ValueError(f"retry_after must not be negative, got {retry_after}")
+        header = None if retry_after is None else f"{retry_after:g}"
+        with self._lock:
+            self._outage = (status, header)
+
+    def _wait(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _handle(self, request: _Request) -> _Response:
+        try:
+            response = self._decide(request)
+        except _BadParameter as exc:
+            response = _Response(
+                400, _error_body(400, str(exc), "invalid_simulator_parameter"), "application/json"
+            )
+        with self._lock:
+            self._calls.append(
+                RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    query=request.query,
+                    headers=request.headers,
+                    body=request.body,
+                    json=request.json,
+                    status=0 if response.drop else response.status,
+                    received_at=request.received_at,
+                )
+            )
+        return response
+
+    def _decide(self, request: _Request) -> _Response:
+        query = request.query
+        delay = _delay_param(query)
+        with self._lock:
+            outage = self._outage
+        if outage is not None:
+            return _error(outage[0], outage[1], delay)
+
+        retry_after = query.get("retry_after")
+        if retry_after is not None and ("\r" in retry_after or "\n" in retry_after):
+            raise _BadParameter("retry_after must not contain line breaks")
+        drop = _flag_param(query, "drop")
+        if "fail" in query:
+            fail = _int_param(query, "fail", 0)
+            fail_status = _status_param(query, "fail_status", 503)
+            key = request.headers.get("idempotency-key")
+            counter_key = (request.path, key if key is not None else "?" + _canonical_query(query))
+            with self._lock:
+                seen = self._fail_counts.get(counter_key, 0) + 1
+                self._fail_counts[counter_key] = seen
+            if seen <= fail:
+                if drop:
+                    return _Response(0, drop=True, delay=delay)
+                return _error(fail_status, retry_after, delay)
+        elif drop:
+            return _Response(0, drop=True, delay=delay)
+
+        if "status" in query:
+            status = _status_param(query, "status", 200)
+            if status >= 400:
+                return _error(status, retry_after, delay)
+        else:
+            status = _status_param(query, "ok_status", 200)
+        return self._success(request, status, delay)
+
+    def _success(self, request: _Request, status: int, delay: float) -> _Response:
+        if status in _NO_BODY_STATUSES:
+            return _Response(status, delay=delay)
+        if _flag_param(request.query, "text"):
+            return _Response(status, b"ok", "text/plain; charset=utf-8", delay=delay)
+        key = request.headers.get("idempotency-key")
+        payload = {
+            "id": _stable_id(key),
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "json": request.json,
+            "idempotency_key": key,
+            "request_id": request.headers.get("x-request-id"),
+        }
+        return _Response(status, json.dumps(payload).encode(), "application/json", delay=delay)
+
+
+def _canonical_query(query: dict[str, str]) -> str:
+    return "&".join(f"{name}={value}" for name, value in sorted(query.items()))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], simulator: ProviderSimulator) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.simulator = simulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self._closing = False
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            if self._closing:
+                return
+            self._connections.add(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(request)
+
+    def close_connections(self) -> None:
+        """Wake handler threads parked on idle keep-alive connections so clients see the server go away."""
+        with self._connections_lock:
+            self._closing = True
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def version_string(self) -> str:
+        return "ProviderSimulator/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        received_at = time.monotonic()
+        target = urlsplit(self.path)
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            lowered = name.lower()
+            headers[lowered] = f"{headers[lowered]}, {value}" if lowered in headers else value
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._write(_Response(400, _error_body(400, "malformed request body", "bad_request")))
+            return
+        request = _Request(
+            method=self.command,
+            path=target.path,
+            query=dict(parse_qsl(target.query, keep_blank_values=True)),
+            headers=headers,
+            body=body,
+            json=_parse_json(body),
+            received_at=received_at,
+        )
+        simulator = self.server.simulator
+        response = simulator._handle(request)
+        if response.delay:
+            simulator._wait(response.delay)
+        if response.drop:
+            self.close_connection = True
+            return
+        self._write(response)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline(65537).split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        return self.rfile.read(length) if length else b""
+
+    def _write(self, response: _Response) -> None:
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        if response.status not in _NO_BODY_STATUSES:
+            if response.content_type is not None:
+                self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if response.body and self.command != "HEAD" and response.status not in _NO_BODY_STATUSES:
+            self.wfile.write(response.body)
+
+    do_GET = _serve
+    do_HEAD = _serve
+    do_POST = _serve
+    do_PUT = _serve
+    do_PATCH = _serve
+    do_DELETE = _serve
+    do_OPTIONS = _serve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the provider simulator until interrupted.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args()
+    simulator = ProviderSimulator(args.host, args.port).start()
+    print(simulator.url, flush=True)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    finally:
+        simulator.stop()
+
+
+if __name__ == "__main__":
+    main()

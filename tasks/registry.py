@@ -1,0 +1,59 @@
+"""Registers a task per (provider, operation) from the providers file, with its queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+
+from config.settings import Settings
+from integrations.errors import ConfigError
+from integrations.ledger import schema
+from integrations.ledger.store import create_ledger_engine
+from integrations.runtime import Runtime
+from tasks.maintenance import MAINTENANCE_QUEUE, PRUNE_TASK, register_maintenance
+from tasks.operations import configure_runtime, register_operation
+
+
+def register_tasks(app: Celery, settings: Settings) -> Runtime:
+    """Register every operation task and route it to ``integrations.<provider>``; returns the runtime
+    built from the providers file (a bad file raises ``ConfigError`` here, before a worker starts)."""
+    loaded = Runtime.load(settings.providers_file, settings.database_url)
+    configure_runtime(lambda: Runtime(loaded.providers, loaded.adapter_classes, settings.database_url))
+    routes: dict[str, dict[str, str]] = {PRUNE_TASK: {"queue": MAINTENANCE_QUEUE}}
+    for name, provider in loaded.providers.items():
+        for operation in loaded.adapter_classes[name].operations:
+            task_name = provider.task_name(operation)
+            register_operation(app, name, operation, task_name)
+            routes[task_name] = {"queue": provider.queue}
+    app.conf.task_routes = routes
+    register_maintenance(app, settings.retention, settings.dead_letter_retention)
+    app.conf.beat_schedule = {
+        "prune-ledger": {"task": PRUNE_TASK, "schedule": 3600.0},
+    }
+
+    @worker_init.connect(weak=False)
+    def _check_ledger_schema(**_: Any) -> None:
+        check_schema(settings.database_url)
+
+    return loaded
+
+
+def check_schema(database_url: str) -> None:
+    """Refuse to start a worker on a ledger whose schema is not at the code's migration head."""
+    engine = create_ledger_engine(database_url)
+    try:
+        current = schema.current_revision(engine)
+    except Exception as exc:
+        raise ConfigError(
+            f"ledger at {engine.url.render_as_string(hide_password=True)} cannot be reached: {exc}"
+        ) from exc
+    finally:
+        engine.dispose()
+    head = schema.head_revision()
+    if current != head:
+        raise ConfigError(
+            f"ledger at {engine.url.render_as_string(hide_password=True)} is at schema revision {current}, "
+            f"this code needs {head}: run `integrations db upgrade` (with the same DATABASE_URL)"
+        )
