@@ -1,0 +1,111 @@
+"""Shared fixtures: real Redis, real SQL (SQLite and PostgreSQL), a local HTTP server playing the provider.
+
+Redis: ``REDIS_URL`` when it answers, else a private redis-server; tests use database ``TEST_REDIS_DB``
+(default 13) and flush it before and after. PostgreSQL: ``TEST_POSTGRES_URL`` names a server on which a
+database of the run's own is created and dropped; unset, PostgreSQL tests skip; set but unreachable, they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import delete
+from sqlalchemy.engine import make_url
+
+from integrations.ledger import schema
+from integrations.ledger.models import Operation
+from integrations.ledger.store import Ledger, database_url
+from integrations.testing.provider import ProviderSimulator
+from integrations.testing.redis_server import redis_for
+
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+
+
+def with_redis_db(url: str, db: int) -> str:
+    return make_url(url).set(database=str(db)).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    with redis_for(os.environ.get("REDIS_URL")) as (url, _private):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    url = with_redis_db(redis_server_url, TEST_REDIS_DB)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL database of this run's own, created on TEST_POSTGRES_URL's server and dropped after."""
+    base = os.environ.get("TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("TEST_POSTGRES_URL is not set: PostgreSQL tests skipped")
+    name = f"integrations_test_{uuid.uuid4().hex[:12]}"
+    plain = database_url(base).replace("postgresql+psycopg://", "postgresql://")
+    try:
+        admin = psycopg.connect(plain, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        pytest.fail(f"TEST_POSTGRES_URL={base} is set but PostgreSQL cannot be reached: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(database_url(base)).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(plain, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_ledger_url(postgres_server_url: str) -> str:
+    schema.upgrade(postgres_server_url)
+    return postgres_server_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty ledger on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        schema.upgrade(url)
+        yield url
+        return
+    url = request.getfixturevalue("postgres_ledger_url")
+    yield url
+    ledger = Ledger.connect(url)
+    with ledger.engine.begin() as connection:
+        connection.execute(delete(Operation.__table__))
+    ledger.engine.dispose()
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    ledger = Ledger.connect(ledger_url)
+    yield ledger
+    ledger.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def simulator_server() -> Iterator[ProviderSimulator]:
+    with ProviderSimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def simulator(simulator_server: ProviderSimulator) -> ProviderSimulator:
+    """The provider simulator, with no recorded calls and no outage."""
+    simulator_server.reset()
+    return simulator_server

@@ -1,0 +1,321 @@
+"""The operation pipeline in one process: real ledger (both backends), real HTTP to the simulator,
+an injected clock so backoff and leases are crossed without waiting."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+
+from integrations.adapters.http import HttpAdapter
+from integrations.errors import ErrorType
+from integrations.ledger.models import OperationStatus
+from integrations.ledger.store import Ledger
+from integrations.pipeline import Defer, Delivery, Done, Failed, OperationRunner, Outcome, Retry
+from integrations.providers import MAX_COUNTDOWN, ProviderSettings
+from integrations.resilience.idempotency import fingerprint
+from integrations.testing.provider import ProviderSimulator
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def runner(ledger_url: str, simulator: ProviderSimulator, clock: Clock) -> Iterator[OperationRunner]:
+    provider = ProviderSettings.model_validate(
+        {
+            "name": "sim",
+            "adapter": "http",
+            "base_url": simulator.url,
+            "timeout": 1.0,
+            "retry": {"max_attempts": 3, "backoff_base": 0.1, "backoff_max": 1.0},
+        }
+    )
+    session = requests.Session()
+    ledger = Ledger.connect(ledger_url, clock=clock)
+    yield OperationRunner(provider, HttpAdapter(provider, session), ledger, clock=clock)
+    session.close()
+    ledger.engine.dispose()
+
+
+def deliver(runner: OperationRunner, key: Any, path: str = "/charges", **kwargs: Any) -> Outcome:
+    message = {"payload": {"method": "POST", "path": path, "json": {"amount": 100}}, "idempotency_key": key}
+    return runner.run(Delivery("request", message | kwargs))
+
+
+def test_success_returns_the_documented_result_and_records_it(
+    runner: OperationRunner, simulator: ProviderSimulator
+) -> None:
+    outcome = deliver(runner, "order-1")
+    assert isinstance(outcome, Done)
+    result = outcome.result
+    assert set(result) == {
+        "status", "provider", "operation", "idempotency_key", "operation_id", "attempts", "replayed", "response",
+    }
+    assert result["status"] == "succeeded"
+    assert (result["provider"], result["operation"], result["idempotency_key"]) == ("sim", "request", "order-1")
+    assert (result["attempts"], result["replayed"]) == (1, False)
+    assert result["response"]["status_code"] == 200
+    assert result["response"]["body"]["json"] == {"amount": 100}
+    [call] = simulator.calls()
+    assert call.headers["idempotency-key"] == "order-1"
+    assert call.headers["x-request-id"]  # generated, since the caller gave none
+    record = runner.ledger.find("sim", "order-1")
+    assert record is not None
+    assert (record.status, record.attempts, record.id) == (OperationStatus.SUCCEEDED, 1, result["operation_id"])
+    assert record.response == result["response"]
+
+
+def test_transient_failures_retry_with_the_same_headers_then_succeed(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(deliver(runner, "order-2", path="/charges?fail=2", request_id="req-abc"))
+        clock.advance(2)
+    assert [type(o) for o in outcomes] == [Retry, Retry, Done]
+    assert all(0 <= o.delay <= 1.0 for o in outcomes[:2] if isinstance(o, Retry))
+    assert isinstance(outcomes[2], Done) and outcomes[2].result["attempts"] == 3
+    calls = simulator.calls(idempotency_key="order-2")
+    assert [c.status for c in calls] == [503, 503, 200]
+    assert {c.headers["x-request-id"] for c in calls} == {"req-abc"}
+
+
+def test_generated_request_id_is_kept_across_attempts(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    assert isinstance(deliver(runner, "order-3", path="/charges?fail=1"), Retry)
+    clock.advance(2)
+    assert isinstance(deliver(runner, "order-3", path="/charges?fail=1"), Done)
+    assert len({c.headers["x-request-id"] for c in simulator.calls(idempotency_key="order-3")}) == 1
+
+
+def test_next_attempt_is_not_made_before_it_is_due(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    first = deliver(runner, "order-4", path="/charges?fail=1")
+    assert isinstance(first, Retry)
+    record = runner.ledger.find("sim", "order-4")
+    assert record is not None and record.status is OperationStatus.QUEUED
+    assert record.next_attempt_at is not None and record.next_attempt_at > clock.now
+    assert record.error is not None and record.error["type"] == "provider_unavailable"
+    early = deliver(runner, "order-4", path="/charges?fail=1")
+    assert isinstance(early, Defer) and early.reason == "backoff"
+    assert len(simulator.calls(idempotency_key="order-4")) == 1
+
+
+def test_retries_exhausted_ends_dead_with_the_last_error(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(deliver(runner, "order-5", path="/charges?status=503"))
+        clock.advance(2)
+    assert [type(o) for o in outcomes] == [Retry, Retry, Failed]
+    dead = outcomes[2]
+    assert isinstance(dead, Failed) and dead.status is OperationStatus.DEAD
+    assert dead.error.type is ErrorType.RETRIES_EXHAUSTED
+    assert dead.error.status_code == 503 and "3 attempts" in dead.error.message
+    assert dead.message.startswith("retries_exhausted: ")
+    assert len(simulator.calls(idempotency_key="order-5")) == 3
+    record = runner.ledger.find("sim", "order-5")
+    assert record is not None and (record.status, record.attempts) == (OperationStatus.DEAD, 3)
+    assert record.error is not None and record.error["body"]["error"]["status"] == 503
+    # the same message again replays the outcome; the provider is not called again
+    again = deliver(runner, "order-5", path="/charges?status=503")
+    assert isinstance(again, Failed) and again.replayed and again.status is OperationStatus.DEAD
+    assert len(simulator.calls(idempotency_key="order-5")) == 3
+
+
+def test_rejection_fails_at_once_with_status_and_body(runner: OperationRunner, simulator: ProviderSimulator) -> None:
+    outcome = deliver(runner, "order-6", path="/charges?status=422")
+    assert isinstance(outcome, Failed) and outcome.status is OperationStatus.FAILED
+    assert outcome.error.type is ErrorType.PROVIDER_REJECTED
+    assert outcome.error.status_code == 422
+    assert outcome.error.body == {"error": {"type": "simulated", "message": "simulated 422", "status": 422}}
+    assert len(simulator.calls()) == 1
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_retryable_statuses(runner: OperationRunner, status: int) -> None:
+    assert isinstance(deliver(runner, f"s-{status}", path=f"/x?fail=1&fail_status={status}"), Retry)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+def test_rejected_statuses(runner: OperationRunner, simulator: ProviderSimulator, status: int) -> None:
+    outcome = deliver(runner, f"s-{status}", path=f"/x?status={status}")
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.PROVIDER_REJECTED
+    assert len(simulator.calls()) == 1
+
+
+def test_retry_after_sets_the_earliest_next_attempt(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    start = clock.now
+    first = deliver(runner, "order-7", path="/charges?fail=1&fail_status=429&retry_after=30")
+    assert isinstance(first, Retry) and first.delay >= 30  # above backoff_max (1 s): the provider asked
+    assert first.error.type is ErrorType.RATE_LIMITED
+    record = runner.ledger.find("sim", "order-7")
+    assert record is not None and record.next_attempt_at is not None
+    assert record.next_attempt_at >= start + timedelta(seconds=30)
+    clock.advance(29)
+    assert isinstance(deliver(runner, "order-7", path="/charges?fail=1&fail_status=429&retry_after=30"), Defer)
+    clock.advance(2)
+    assert isinstance(deliver(runner, "order-7", path="/charges?fail=1&fail_status=429&retry_after=30"), Done)
+    assert len(simulator.calls(idempotency_key="order-7")) == 2
+
+
+def test_retry_after_as_http_date(runner: OperationRunner) -> None:
+    when = datetime.now(UTC) + timedelta(seconds=120)
+    http_date = when.strftime("%a, %d %b %Y %H:%M:%S GMT").replace(" ", "%20").replace(",", "%2C")
+    outcome = deliver(runner, "order-8", path=f"/c?fail=1&fail_status=503&retry_after={http_date}")
+    assert isinstance(outcome, Retry) and 100 < outcome.delay <= 121
+
+
+def test_a_far_retry_after_is_waited_out_in_hops(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    path = "/charges?fail=1&fail_status=429&retry_after=2000"
+    first = deliver(runner, "order-9", path=path)
+    assert isinstance(first, Retry) and first.delay == MAX_COUNTDOWN
+    clock.advance(MAX_COUNTDOWN)
+    hop = deliver(runner, "order-9", path=path)
+    assert isinstance(hop, Defer) and hop.reason == "backoff" and hop.delay == MAX_COUNTDOWN
+    clock.advance(MAX_COUNTDOWN)
+    last_hop = deliver(runner, "order-9", path=path)
+    assert isinstance(last_hop, Defer) and last_hop.delay == pytest.approx(2000 - 2 * MAX_COUNTDOWN, abs=1)
+    assert len(simulator.calls(idempotency_key="order-9")) == 1
+    clock.advance(last_hop.delay)
+    assert isinstance(deliver(runner, "order-9", path=path), Done)
+
+
+def test_same_key_and_payload_after_success_replays_without_a_call(
+    runner: OperationRunner, simulator: ProviderSimulator
+) -> None:
+    first = deliver(runner, "order-10")
+    second = deliver(runner, "order-10")
+    assert isinstance(first, Done) and isinstance(second, Done)
+    assert second.result["replayed"] is True
+    assert second.result["operation_id"] == first.result["operation_id"]
+    assert second.result["response"] == first.result["response"]
+    assert len(simulator.calls()) == 1
+
+
+def test_same_key_other_payload_is_a_conflict(runner: OperationRunner, simulator: ProviderSimulator) -> None:
+    assert isinstance(deliver(runner, "order-11"), Done)
+    other = runner.run(
+        Delivery("request", {"payload": {"method": "POST", "path": "/refunds"}, "idempotency_key": "order-11"})
+    )
+    assert isinstance(other, Failed) and other.error.type is ErrorType.IDEMPOTENCY_CONFLICT
+    assert "order-11" in other.error.message and "new key" in other.error.message
+    assert len(simulator.calls()) == 1
+    record = runner.ledger.find("sim", "order-11")
+    assert record is not None and record.status is OperationStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "args", "expected"),
+    [
+        ({"payload": {"method": "GET", "path": "/x"}}, (), "idempotency_key: Field required"),
+        ({"payload": {"method": "GET", "path": "/x"}, "idempotency_key": ""}, (), "idempotency_key"),
+        ({"payload": {"method": "GET", "path": "/x"}, "idempotency_key": "k" * 256}, (), "idempotency_key"),
+        ({"payload": {"method": "GET", "path": "/x"}, "idempotency_key": "a\nb"}, (), "printable"),
+        ({"payload": {"method": "GET", "path": "/x"}, "idempotency_key": 42}, (), "idempotency_key"),
+        ({"payload": "GET /x", "idempotency_key": "k-1"}, (), "payload"),
+        ({"payload": {"method": "GET", "path": "/x"}, "idempotency_key": "k-2", "secret": "x"}, (), "secret"),
+        ({"payload": {"method": "GET"}, "idempotency_key": "k-3"}, (), "payload.path"),
+        ({"payload": {"method": "GET", "path": "/x", "headers": {"Authorization": "Bearer x"}},
+          "idempotency_key": "k-4"}, (), "credentials"),
+        ({}, ({"method": "GET", "path": "/x"},), "positional"),
+    ],
+)
+def test_invalid_messages_fail_at_once_recorded_and_uncalled(
+    runner: OperationRunner, simulator: ProviderSimulator, kwargs: dict[str, Any], args: tuple[Any, ...], expected: str
+) -> None:
+    outcome = runner.run(Delivery("request", kwargs, args))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert expected in outcome.error.message and "sim.request" in outcome.error.message
+    assert simulator.calls() == []
+    assert outcome.operation_id is not None
+    record = runner.ledger.get(outcome.operation_id)
+    assert record is not None and record.status is OperationStatus.FAILED
+    assert record.error is not None and record.error["type"] == "invalid_request"
+
+
+def test_a_fixed_payload_may_reuse_the_key_of_an_invalid_one(
+    runner: OperationRunner, simulator: ProviderSimulator
+) -> None:
+    bad = runner.run(Delivery("request", {"payload": {"method": "POST"}, "idempotency_key": "order-12"}))
+    assert isinstance(bad, Failed)
+    good = deliver(runner, "order-12")
+    assert isinstance(good, Done) and good.result["attempts"] == 1
+    assert good.result["operation_id"] == bad.operation_id
+    assert len(simulator.calls()) == 1
+
+
+def test_an_attempt_in_flight_makes_duplicates_wait_then_a_lost_lease_is_taken_over(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    payload = {"method": "POST", "path": "/charges", "json": {"amount": 100}}
+    held = runner.ledger.start(
+        provider="sim", operation="request", idempotency_key="order-13",
+        fingerprint=fingerprint("request", payload), payload=payload, request_id="r-1",
+        lease=timedelta(seconds=runner.provider.lease_seconds),
+    )
+    assert held is not None  # another worker's attempt, which then dies
+    waiting = deliver(runner, "order-13")
+    assert isinstance(waiting, Defer) and waiting.reason == "in_flight"
+    assert simulator.calls() == []
+    clock.advance(runner.provider.lease_seconds + 1)
+    done = deliver(runner, "order-13")
+    assert isinstance(done, Done) and done.result["attempts"] == 2
+    assert [c.headers["x-request-id"] for c in simulator.calls()] == ["r-1"]
+
+
+def test_concurrent_duplicates_make_one_call(runner: OperationRunner, simulator: ProviderSimulator) -> None:
+    barrier = threading.Barrier(8)
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        barrier.wait()
+        outcome = deliver(runner, "order-14", path="/charges?delay=0.3")
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(simulator.calls(idempotency_key="order-14")) == 1
+    assert sum(isinstance(o, Done) for o in outcomes) == 1
+    assert all(isinstance(o, Defer) and o.reason == "in_flight" for o in outcomes if not isinstance(o, Done))
+
+
+def test_an_unmigrated_ledger_defers_without_calling(
+    tmp_path: Any, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    provider = ProviderSettings.model_validate({"name": "sim", "adapter": "http", "base_url": simulator.url})
+    ledger = Ledger.connect(f"sqlite:///{tmp_path / 'empty.sqlite3'}", clock=clock)
+    runner = OperationRunner(provider, HttpAdapter(provider, requests.Session()), ledger, clock=clock)
+    outcome = deliver(runner, "order-15")
+    assert isinstance(outcome, Defer) and outcome.reason == "ledger_unavailable"
+    assert simulator.calls() == []
