@@ -1,0 +1,164 @@
+"""A real Celery worker process per ledger backend, fed through a plain Celery client app that knows
+nothing of this project (as an application would), against the provider simulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.result import AsyncResult
+
+from integrations.ledger import schema
+from integrations.ledger.store import Ledger
+from integrations.testing.provider import ProviderSimulator
+from tests.conftest import TEST_REDIS_DB, with_redis_db
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def providers_toml(simulator_url: str) -> str:
+    return f"""
+[providers.sim]
+adapter = "http"
+base_url = "{simulator_url}"
+timeout = 1.0
+[providers.sim.retry]
+max_attempts = 3
+backoff_base = 0.05
+backoff_max = 0.2
+
+[providers.down]
+adapter = "http"
+base_url = "http://127.0.0.1:{closed_port()}"
+timeout = 1.0
+[providers.down.retry]
+max_attempts = 2
+backoff_base = 0.05
+backoff_max = 0.1
+"""
+
+
+@dataclass
+class Worker:
+    """A running ``celery worker`` and what a test needs to talk to it."""
+
+    process: subprocess.Popen[bytes]
+    node: str
+    env: dict[str, str]
+    app: Celery
+    ledger: Ledger
+    log: Path
+
+    def send(self, key: str | None, payload: dict[str, Any], provider: str = "sim", **kwargs: Any) -> AsyncResult:
+        message: dict[str, Any] = {"payload": payload, **kwargs}
+        if key is not None:
+            message["idempotency_key"] = key
+        return self.app.send_task(
+            f"integrations.{provider}.request", kwargs=message, queue=f"integrations.{provider}"
+        )
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+def start_worker(env: dict[str, str], node: str, log: Path, queues: str) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "-Q", queues, "-c", "2",
+        "-n", node, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
+        "--logfile", str(log),
+    ]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def wait_ready(app: Celery, node: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"worker exited with {process.returncode}:\n{tail}")
+        if app.control.ping(destination=[node], timeout=0.5):
+            return
+    raise RuntimeError(f"worker {node} did not answer a ping within {timeout}s")
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def worker(
+    request: pytest.FixtureRequest,
+    redis_server_url: str,
+    simulator_server: ProviderSimulator,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Worker]:
+    folder = tmp_path_factory.mktemp(f"worker-{request.param}")
+    if request.param == "sqlite":
+        database = f"sqlite:///{folder / 'ledger.sqlite3'}"
+        schema.upgrade(database)
+        redis_db = TEST_REDIS_DB
+    else:
+        database = request.getfixturevalue("postgres_ledger_url")
+        redis_db = TEST_REDIS_DB + 1
+    redis_url = with_redis_db(redis_server_url, redis_db)
+    providers = folder / "providers.toml"
+    providers.write_text(providers_toml(simulator_server.url))
+    env = dict(
+        os.environ,
+        REDIS_URL=redis_url,
+        DATABASE_URL=database,
+        INTEGRATIONS_PROVIDERS_FILE=str(providers),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("BROKER_URL", None)
+    node = f"e2e-{request.param}-{uuid.uuid4().hex[:6]}@localhost"
+    log = folder / "worker.log"
+    app = Celery("client", broker=redis_url, backend=redis_url)
+    app.conf.update(accept_content=["json"], result_accept_content=["json"], broker_connection_retry_on_startup=True)
+    app.backend.client.flushdb()
+    process = start_worker(env, node, log, "integrations.sim,integrations.down")
+    ledger = Ledger.connect(database)
+    try:
+        wait_ready(app, node, process, log)
+        yield Worker(process, node, env, app, ledger, log)
+    finally:
+        stop_worker(process)
+        ledger.engine.dispose()
+        app.backend.client.flushdb()
+        app.close()
+
+
+@pytest.fixture
+def sim(worker: Worker, simulator_server: ProviderSimulator) -> ProviderSimulator:
+    simulator_server.reset()
+    return simulator_server
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

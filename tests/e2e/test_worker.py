@@ -1,0 +1,161 @@
+"""End to end: send_task -> real worker process -> provider simulator -> ledger -> result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from integrations.ledger.models import OperationStatus
+from integrations.testing.provider import ProviderSimulator
+from tests.e2e.conftest import Worker, unique
+
+TIMEOUT = 30
+
+
+def test_an_operation_succeeds_with_the_documented_result(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("pay")
+    result = worker.send(key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 1200}}, request_id="rq-1")
+    value = result.get(timeout=TIMEOUT)
+    assert result.state == "SUCCESS"
+    assert value["status"] == "succeeded" and value["replayed"] is False and value["attempts"] == 1
+    assert value["response"] == {"status_code": 200, "body": value["response"]["body"]}
+    assert value["response"]["body"]["json"] == {"amount": 1200}
+    [call] = sim.calls(idempotency_key=key)
+    assert (call.method, call.path, call.headers["x-request-id"]) == ("POST", "/v1/payments", "rq-1")
+    record = worker.ledger.find("sim", key)
+    assert record is not None and record.status is OperationStatus.SUCCEEDED
+    assert record.id == value["operation_id"]
+
+
+def test_transient_failures_are_retried_by_the_worker(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("pay")
+    value = worker.send(key, {"method": "POST", "path": "/v1/payments?fail=2"}).get(timeout=TIMEOUT)
+    assert value["attempts"] == 3
+    calls = sim.calls(idempotency_key=key)
+    assert [c.status for c in calls] == [503, 503, 200]
+    assert len({c.headers["x-request-id"] for c in calls}) == 1
+
+
+def test_retry_after_holds_the_next_attempt_back(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("pay")
+    result = worker.send(key, {"method": "POST", "path": "/v1/payments?fail=1&fail_status=429&retry_after=2"})
+    assert result.get(timeout=TIMEOUT)["attempts"] == 2
+    first, second = sim.calls(idempotency_key=key)
+    assert first.status == 429 and second.status == 200
+    assert second.received_at - first.received_at >= 2.0  # the provider's earliest time, not the 0.2 s backoff cap
+
+
+def test_a_rejection_fails_once_and_the_ledger_has_the_detail(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("pay")
+    result = worker.send(key, {"method": "POST", "path": "/v1/payments?status=422"})
+    with pytest.raises(Exception, match=r"^provider_rejected: ") as raised:
+        result.get(timeout=TIMEOUT)
+    assert type(raised.value).__name__ == "OperationFailed"
+    assert result.state == "FAILURE"
+    assert len(sim.calls(idempotency_key=key)) == 1
+    record = worker.ledger.find("sim", key)
+    assert record is not None and record.status is OperationStatus.FAILED
+    assert record.error is not None
+    assert (record.error["type"], record.error["status_code"]) == ("provider_rejected", 422)
+    assert record.error["body"]["error"]["message"] == "simulated 422"
+
+
+def test_an_unreachable_provider_ends_dead_after_its_attempts(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("down")
+    result = worker.send(key, {"method": "POST", "path": "/v1/x"}, provider="down")
+    with pytest.raises(Exception, match=r"^retries_exhausted: .*cannot connect"):
+        result.get(timeout=TIMEOUT)
+    record = worker.ledger.find("down", key)
+    assert record is not None and (record.status, record.attempts) == (OperationStatus.DEAD, 2)
+
+
+def test_an_invalid_message_is_recorded_and_never_sent(worker: Worker, sim: ProviderSimulator) -> None:
+    result = worker.send(None, {"method": "POST", "path": "/v1/payments"})
+    with pytest.raises(Exception, match=r"^invalid_request: .*idempotency_key"):
+        result.get(timeout=TIMEOUT)
+    key = unique("bad")
+    with pytest.raises(Exception, match=r"^invalid_request: .*payload.method"):
+        worker.send(key, {"path": "/v1/payments"}).get(timeout=TIMEOUT)
+    assert sim.calls(path="/v1/payments") == []
+    record = worker.ledger.find("sim", key)
+    assert record is not None and record.error is not None and record.error["type"] == "invalid_request"
+
+
+def test_duplicates_sent_at_once_make_one_call_and_share_its_outcome(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("dup")
+    payload = {"method": "POST", "path": "/v1/payments?delay=0.5", "json": {"amount": 5}}
+    results = [worker.send(key, payload) for _ in range(12)]
+    values = [r.get(timeout=TIMEOUT) for r in results]
+    assert len(sim.calls(idempotency_key=key)) == 1
+    assert {v["operation_id"] for v in values} == {values[0]["operation_id"]}
+    assert sum(not v["replayed"] for v in values) == 1
+    assert all(v["response"] == values[0]["response"] for v in values)
+
+
+def test_same_key_with_another_payload_is_a_conflict(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("conf")
+    worker.send(key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 1}}).get(timeout=TIMEOUT)
+    with pytest.raises(Exception, match=r"^idempotency_conflict: "):
+        worker.send(key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 2}}).get(timeout=TIMEOUT)
+    assert len(sim.calls(idempotency_key=key)) == 1
+
+
+def test_a_pickled_message_is_refused(worker: Worker, sim: ProviderSimulator, redis_server_url: str) -> None:
+    key = unique("pickle")
+    broker = worker.env["REDIS_URL"]
+    body = ((), {"payload": {"method": "POST", "path": "/v1/pickled"}, "idempotency_key": key}, {})
+    with Connection(broker) as connection:
+        producer = connection.Producer(serializer="pickle")
+        queue = Queue("integrations.sim", Exchange("integrations.sim"), routing_key="integrations.sim")
+        producer.publish(
+            body,
+            exchange=queue.exchange,
+            routing_key="integrations.sim",
+            declare=[queue],
+            headers={"lang": "py", "task": "integrations.sim.request", "id": key, "argsrepr": "", "kwargsrepr": ""},
+        )
+    client = redis.Redis.from_url(broker)
+    deadline = time.monotonic() + TIMEOUT
+    while client.llen("integrations.sim") or client.hlen("unacked"):
+        assert time.monotonic() < deadline, "the worker never took the pickled message off the queue"
+        time.sleep(0.05)
+    # A message after it is served, so the worker has moved past the pickled one without running it.
+    worker.send(unique("after"), {"method": "GET", "path": "/v1/after"}).get(timeout=TIMEOUT)
+    assert sim.calls(path="/v1/pickled") == []
+    assert worker.ledger.find("sim", key) is None
+    assert "ContentDisallowed" in worker.log.read_text() or "disallowed" in worker.log.read_text().lower()
+    client.close()
+
+
+def test_a_killed_worker_process_gives_its_message_back(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("kill")
+    result = worker.send(key, {"method": "POST", "path": "/v1/payments?delay=0.8"})
+    deadline = time.monotonic() + TIMEOUT
+    while not sim.calls(idempotency_key=key):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for pid in worker.children():  # the call is in flight in one of them
+        os.kill(pid, signal.SIGKILL)
+    value = result.get(timeout=60)
+    assert value["status"] == "succeeded"
+    calls = sim.calls(idempotency_key=key)
+    assert len(calls) == 2 and value["attempts"] == 2  # the second attempt waited out the first's lease
+    assert calls[1].received_at - calls[0].received_at >= 1.0 * 3  # lease: 3 x timeout + 5 s
+
+
+def test_many_operations_in_parallel_all_end_recorded(worker: Worker, sim: ProviderSimulator) -> None:
+    keys = [unique("bulk") for _ in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda k: worker.send(k, {"method": "POST", "path": "/v1/bulk"}), keys))
+    values = [r.get(timeout=TIMEOUT) for r in results]
+    assert [v["idempotency_key"] for v in values] == keys
+    assert len(sim.calls(path="/v1/bulk")) == 40
+    for key in keys:
+        record = worker.ledger.find("sim", key)
+        assert record is not None and record.status is OperationStatus.SUCCEEDED
