@@ -127,19 +127,15 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json([_dead_letter(record) for record in records])
         return
-    table = Table("operation_id", "provider.operation", "key", "status", "attempts", "error", "finished")
     for record in records:
         error = record.error or {}
-        table.add_row(
-            record.id,
-            f"{record.provider}.{record.operation}",
-            record.idempotency_key or "-",
-            record.status.value,
-            str(record.attempts),
-            f"{error.get('type', '')}: {error.get('message', '')}",
-            record.finished_at.strftime("%Y-%m-%d %H:%M:%S") if record.finished_at else "",
+        finished = record.finished_at.strftime("%Y-%m-%d %H:%M:%S") if record.finished_at else ""
+        console.print(
+            f"[bold]{record.id}[/]  {record.status.value}  {record.provider}.{record.operation}  "
+            f"key={record.idempotency_key or '-'}  attempts={record.attempts}  {finished}",
+            highlight=False,
         )
-    console.print(table)
+        console.print(f"    {error.get('type', '?')}: {error.get('message', '')}", highlight=False, soft_wrap=True)
     console.print(f"{len(records)} dead letter(s)")
 
 
@@ -174,7 +170,7 @@ def providers_command(as_json: bool) -> None:
     settings = get_settings()
     with _user_errors():
         runtime = Runtime.load(settings.providers_file, settings.database_url)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "provider": name,
             "adapter": provider.adapter,
@@ -190,11 +186,15 @@ def providers_command(as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = Table("provider", "adapter", "queue", "tasks", "rate limit", "max attempts", title=str(settings.providers_file))
+    table = Table("provider", "adapter", "queue", "tasks", "rate limit", "attempts", title=str(settings.providers_file))
     for row in rows:
         table.add_row(
-            row["provider"], row["adapter"], row["queue"], "\n".join(row["tasks"]),
-            f"{row['rate_limit'] or '-'} (burst {row['burst'] or '-'})", str(row["max_attempts"]),
+            row["provider"],
+            row["adapter"],
+            row["queue"],
+            "\n".join(row["tasks"]),
+            f"{row['rate_limit'] or '-'} (burst {row['burst'] or '-'})",
+            str(row["max_attempts"]),
         )
     console.print(table)
 
@@ -203,7 +203,7 @@ def providers_command(as_json: bool) -> None:
 @click.option("--operations", default=200, show_default=True, help="How many operations to enqueue.")
 def demo_command(operations: int) -> None:
     """Run the demo: a provider simulator, a worker and a mixed workload, then a summary."""
-    from integrations.demo import run_demo
+    from tasks.demo import run_demo  # the demo sends messages, so it lives beside the Celery glue
 
     sys.exit(run_demo(operations))
 

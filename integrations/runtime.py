@@ -7,6 +7,7 @@ or database connections, so a runtime made before a fork is rebuilt after it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import requests
@@ -30,7 +31,7 @@ class Runtime:
     _runners: dict[str, OperationRunner] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, providers_file: str | os.PathLike[str], database_url: str) -> Runtime:
+    def load(cls, providers_file: Path | str, database_url: str) -> Runtime:
         providers = load_providers(providers_file)
         return cls(providers, resolve(providers, str(providers_file)), database_url)
 

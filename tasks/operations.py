@@ -61,5 +61,5 @@ def register_operation(app: Celery, provider: str, operation: str, name: str) ->
         )
         return conclude(self, runtime().runner(provider).run(delivery))
 
-    run.__name__ = run.__qualname__ = f"{provider}_{operation}"
+    run.__name__ = run.__qualname__ = f"{provider}_{operation}".replace("-", "_")  # Celery compiles it
     app.task(name=name, bind=True, base=OperationTask)(run)

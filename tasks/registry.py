@@ -33,7 +33,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
         "prune-ledger": {"task": PRUNE_TASK, "schedule": 3600.0},
     }
 
-    @worker_init.connect(weak=False)
+    @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _check_ledger_schema(**_: Any) -> None:
         check_schema(settings.database_url)
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -22,7 +22,7 @@ from integrations.errors import ErrorInfo, LedgerUnavailable
 from integrations.ledger.models import Operation, OperationStatus
 
 Clock = Callable[[], datetime]
-_table = Operation.__table__
+_table = cast(Table, Operation.__table__)
 
 
 def utcnow() -> datetime:
@@ -55,9 +55,8 @@ class OperationRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record as operators see it (``integrations ops show --json``)."""
-        data = asdict(self)
-        del data["fingerprint"], data["version"]
-        data["operation_id"] = data.pop("id")
+        data = {"operation_id": self.id} | asdict(self)
+        del data["id"], data["fingerprint"], data["version"]
         data["status"] = self.status.value
         for name, value in data.items():
             if isinstance(value, datetime):
@@ -146,7 +145,12 @@ class Ledger:
         if provider is not None:
             query = query.where(_table.c.provider == provider)
         with self._begin() as connection:
-            return {status: count for status, count in connection.execute(query).tuples()}
+            return {str(status): int(count) for status, count in connection.execute(query).all()}
+
+    def attempts_by_provider(self) -> dict[str, int]:
+        query = select(_table.c.provider, func.sum(_table.c.attempts)).group_by(_table.c.provider)
+        with self._begin() as connection:
+            return {str(provider): int(total or 0) for provider, total in connection.execute(query).all()}
 
     # -- writes ----------------------------------------------------------------------------------
 

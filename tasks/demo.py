@@ -1,0 +1,346 @@
+"""``make demo``: a provider simulator, a real worker and a mixed workload, then a summary.
+
+It plays the application's side: it enqueues about 200 operations with ``send_task`` (successes,
+duplicates, transient failures, a Retry-After, rejections, conflicts, invalid messages and a few that
+exhaust their retries), shows progress while the worker runs them, and ends with the tables an operator
+would look at. It stops everything it started; the demo's ledger stays in ``demo.sqlite3`` for the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from integrations.ledger import schema
+from integrations.ledger.store import Ledger
+from integrations.testing.provider import ProviderSimulator
+from integrations.testing.redis_server import redis_for
+
+console = Console()
+
+LEDGER_FILE = Path("demo.sqlite3")
+# name -> (path on the simulator, success status the provider answers)
+PROVIDERS = {
+    "demo-payments": ("/v1/payment_intents", 200),
+    "demo-email": ("/v3/mail/send", 202),
+    "demo-crm": ("/crm/v3/objects/contacts", 201),
+}
+# Share of the workload per kind; "ok" takes what is left.
+MIX = {
+    "transient": 0.12,
+    "retry_after": 0.01,
+    "duplicate": 0.10,
+    "conflict": 0.03,
+    "rejected": 0.06,
+    "dead": 0.02,
+    "invalid": 0.03,
+}
+EXPECTED = {
+    "ok": "succeeded",
+    "transient": "succeeded",
+    "retry_after": "succeeded",
+    "duplicate": "replayed",
+    "conflict": "idempotency_conflict",
+    "rejected": "provider_rejected",
+    "dead": "retries_exhausted",
+    "invalid": "invalid_request",
+}
+LABELS = {
+    "ok": "plain",
+    "transient": "503/502/drop, then ok",
+    "retry_after": "429 Retry-After: 2",
+    "duplicate": "duplicate key",
+    "conflict": "key reused, new payload",
+    "rejected": "4xx rejection",
+    "dead": "provider down",
+    "invalid": "invalid message",
+}
+
+
+@dataclass
+class Message:
+    kind: str
+    provider: str
+    kwargs: dict[str, Any]
+    wave: int = 1
+    result: AsyncResult | None = None
+    sent_at: float = 0.0
+    done_at: float | None = None
+    outcome: str | None = None
+
+    @property
+    def key(self) -> str | None:
+        key = self.kwargs.get("idempotency_key")
+        return key if isinstance(key, str) else None
+
+
+@dataclass
+class Workload:
+    messages: list[Message] = field(default_factory=list)
+
+    def wave(self, number: int) -> list[Message]:
+        return [m for m in self.messages if m.wave == number]
+
+
+def plan(total: int, run: str, rng: random.Random) -> Workload:
+    """The messages to send: wave 1 at once, wave 2 (conflicts) after wave 1 has ended."""
+    counts = {kind: max(1, round(total * share)) for kind, share in MIX.items()}
+    counts["ok"] = max(1, total - sum(counts.values()))
+    workload = Workload()
+    serial = iter(range(1, 10 * total))
+    originals: list[Message] = []
+
+    def message(kind: str, query: str = "", **extra: Any) -> Message:
+        provider = rng.choice(list(PROVIDERS))
+        path, ok_status = PROVIDERS[provider]
+        params = f"ok_status={ok_status}" + (f"&{query}" if query else "")
+        number = next(serial)
+        payload = {"method": "POST", "path": f"{path}?{params}", "json": {"demo_item": number, "amount": number * 100}}
+        return Message(kind, provider, {"payload": payload, "idempotency_key": f"{run}-{number:04d}"} | extra)
+
+    for _ in range(counts["ok"]):
+        originals.append(message("ok"))
+    for _ in range(counts["transient"]):
+        failure = rng.choice(["fail=1&fail_status=503", "fail=2&fail_status=502", "fail=1&drop=1"])
+        originals.append(message("transient", failure))
+    for _ in range(counts["retry_after"]):
+        originals.append(message("retry_after", "fail=1&fail_status=429&retry_after=2"))
+    for _ in range(counts["rejected"]):
+        originals.append(message("rejected", f"status={rng.choice([400, 404, 422])}"))
+    for _ in range(counts["dead"]):
+        originals.append(message("dead", "status=503"))
+    for index in range(counts["invalid"]):
+        bad = message("invalid")
+        if index % 3 == 0:
+            del bad.kwargs["idempotency_key"]
+        elif index % 3 == 1:
+            bad.kwargs["payload"] = {"method": "FETCH", "path": bad.kwargs["payload"]["path"]}
+        else:
+            bad.kwargs["payload"]["headers"] = {"Authorization": "Bearer sk_demo_do_not_send"}
+        originals.append(bad)
+    rng.shuffle(originals)
+    workload.messages.extend(originals)
+    plain = [m for m in originals if m.kind == "ok"]
+    for index in range(counts["duplicate"]):  # sent right behind their original, while it is in flight
+        original = plain[index % len(plain)]
+        position = workload.messages.index(original) + 1
+        workload.messages.insert(position, Message("duplicate", original.provider, dict(original.kwargs)))
+    for index in range(counts["conflict"]):
+        original = plain[-1 - index % len(plain)]
+        payload = dict(original.kwargs["payload"]) | {"json": {"amount": -1}}
+        workload.messages.append(Message("conflict", original.provider, original.kwargs | {"payload": payload}, wave=2))
+    return workload
+
+
+def providers_toml(simulator_url: str) -> str:
+    tables = []
+    for name in PROVIDERS:
+        tables.append(
+            f'[providers.{name}]\nadapter = "http"\nbase_url = "{simulator_url}"\ntimeout = 2.0\n'
+            f'rate_limit = "50/s"\nburst = 50\n'
+            f"[providers.{name}.retry]\nmax_attempts = 4\nbackoff_base = 0.2\nbackoff_max = 2.0\n"
+        )
+    return "\n".join(tables)
+
+
+@contextmanager
+def worker_process(env: dict[str, str], folder: Path, app: Celery) -> Iterator[list[str]]:
+    node = f"demo-{uuid.uuid4().hex[:6]}@localhost"
+    queues = ",".join(f"integrations.{name}" for name in PROVIDERS)
+    command = ["celery", "-A", "config.celery_app", "worker", "-Q", queues, "-c", "2"]
+    options = ["-n", node, "--without-gossip", "--without-mingle", "-l", "WARNING"]
+    log_path = folder / "worker.log"
+    with log_path.open("wb") as log:
+        # Run from the scratch folder: celery puts the working directory first on sys.path, and a stray
+        # "tasks" or "config" folder there would shadow the installed packages.
+        process = subprocess.Popen(
+            [sys.executable, "-m", *command, *options], env=env, cwd=folder,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not app.control.ping(destination=[node], timeout=0.5):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the demo worker did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+            yield command
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def outcome_of(result: AsyncResult) -> str:
+    if result.state == "SUCCESS":
+        return "replayed" if result.result.get("replayed") else "succeeded"
+    return str(result.result).split(":", 1)[0]
+
+
+def watch(messages: list[Message], progress: Progress, task: Any) -> None:
+    pending = [m for m in messages if m.done_at is None]
+    while pending:
+        still = []
+        states: Counter[str] = Counter()
+        for message in pending:
+            assert message.result is not None
+            state = message.result.state
+            if state in ("SUCCESS", "FAILURE"):
+                message.done_at = time.monotonic()
+                message.outcome = outcome_of(message.result)
+                progress.advance(task)
+            else:
+                still.append(message)
+                states[state] += 1
+        pending = still
+        progress.update(task, description=f"running · {states['RETRY']} waiting to retry")
+        if pending:
+            time.sleep(0.1)  # polling the result backend, as an application would
+
+
+def send(app: Celery, messages: list[Message]) -> None:
+    for message in messages:
+        message.sent_at = time.monotonic()
+        message.result = app.send_task(
+            f"integrations.{message.provider}.request", kwargs=message.kwargs, queue=f"integrations.{message.provider}"
+        )
+
+
+def expected(message: Message, duplicated: set[str]) -> bool:
+    """Did the message end as planned? Of a key sent several times at once, any one may be the one that ran."""
+    if message.key in duplicated and message.kind in ("ok", "duplicate"):
+        return message.outcome in ("succeeded", "replayed")
+    return message.outcome == EXPECTED[message.kind]
+
+
+def summary(workload: Workload, simulator: ProviderSimulator, ledger: Ledger, elapsed: float) -> bool:
+    by_kind: dict[str, list[Message]] = defaultdict(list)
+    for message in workload.messages:
+        by_kind[message.kind].append(message)
+    duplicated = {m.key for m in by_kind["duplicate"] if m.key}
+    calls = simulator.calls()
+    calls_by_key = Counter(c.headers.get("idempotency-key") for c in calls)
+    successes_by_key = Counter(c.headers.get("idempotency-key") for c in calls if 200 <= c.status < 300)
+
+    table = Table(title="Outcomes by kind of message", title_justify="left")
+    table.add_column("message")
+    table.add_column("sent", justify="right")
+    table.add_column("expected outcome")
+    table.add_column("as expected", justify="right")
+    table.add_column("calls", justify="right")
+    table.add_column("p50", justify="right")
+    surprises: list[str] = []
+    for kind, label in LABELS.items():
+        messages = by_kind.get(kind, [])
+        if not messages:
+            continue
+        good = [m for m in messages if expected(m, duplicated)]
+        surprises += [f"{kind} {m.key}: {m.outcome}" for m in messages if m not in good]
+        keys = {m.key for m in messages if m.key}
+        provider_calls = 0 if kind in ("duplicate", "conflict") else sum(calls_by_key[k] for k in keys)
+        latencies = [m.done_at - m.sent_at for m in messages if m.done_at]
+        mark = "green" if len(good) == len(messages) else "red"
+        table.add_row(
+            label,
+            str(len(messages)),
+            EXPECTED[kind],
+            f"[{mark}]{len(good)}/{len(messages)}[/]",
+            str(provider_calls),
+            f"{median(latencies):.2f}s" if latencies else "-",
+        )
+    console.print(table)
+
+    ledger_table = Table(title="Ledger by provider", title_justify="left")
+    for column in ("provider", "succeeded", "failed", "dead", "attempts"):
+        ledger_table.add_column(column, justify="left" if column == "provider" else "right")
+    attempts = ledger.attempts_by_provider()
+    for name in PROVIDERS:
+        counts = ledger.count_by_status(name)
+        ledger_table.add_row(
+            name,
+            str(counts.get("succeeded", 0)),
+            str(counts.get("failed", 0)),
+            str(counts.get("dead", 0)),
+            str(attempts.get(name, 0)),
+        )
+    console.print(ledger_table)
+
+    twice = sorted(str(key) for key, n in successes_by_key.items() if n > 1)
+    operations = len(workload.messages)
+    console.print(
+        f"{operations} messages in {elapsed:.1f}s · {len(calls)} provider calls · "
+        f"keys the provider accepted more than once: {len(twice)}"
+    )
+    for surprise in surprises:
+        console.print(f"[red]not as expected:[/] {surprise}")
+    console.print(
+        f"{len(ledger.dead_letters())} failed or dead operations are dead letters; see them with\n"
+        f"  DATABASE_URL=sqlite:///{LEDGER_FILE} .venv/bin/integrations dlq list\n"
+        f"  DATABASE_URL=sqlite:///{LEDGER_FILE} .venv/bin/integrations ops show KEY --provider PROVIDER"
+    )
+    return not surprises and not twice
+
+
+def run_demo(total: int = 200) -> int:
+    run = f"demo{time.strftime('%H%M%S')}"
+    rng = random.Random(7)
+    workload = plan(total, run, rng)
+    with ExitStack() as stack:
+        redis_url, private = stack.enter_context(redis_for(os.environ.get("REDIS_URL")))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="integrations-demo-")))
+        simulator = stack.enter_context(ProviderSimulator())
+        providers = folder / "providers.toml"
+        providers.write_text(providers_toml(simulator.url))
+        LEDGER_FILE.unlink(missing_ok=True)
+        database_url = f"sqlite:///{LEDGER_FILE.resolve()}"
+        schema.upgrade(database_url)
+        env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=database_url,
+                   INTEGRATIONS_PROVIDERS_FILE=str(providers))
+        env.pop("BROKER_URL", None)
+        app = Celery("demo-application", broker=redis_url, backend=redis_url)
+        app.conf.update(broker_connection_retry_on_startup=True)
+        stack.callback(app.close)
+        with app.connection_for_write() as connection:
+            for name in PROVIDERS:  # leftovers of an interrupted demo would muddle the figures
+                connection.default_channel.client.delete(f"integrations.{name}")
+        console.print("[bold]integrations demo[/]")
+        console.print(f"  redis     {redis_url}" + ("  (private redis-server, stopped at the end)" if private else ""))
+        console.print(f"  ledger    {database_url}")
+        console.print(f"  provider  simulator at {simulator.url}, playing {', '.join(PROVIDERS)}")
+        worker = stack.enter_context(worker_process(env, folder, app))
+        console.print(f"  worker    {' '.join(worker)}")
+        ledger = Ledger.connect(database_url)
+        stack.callback(ledger.engine.dispose)
+
+        started = time.monotonic()
+        with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            task = progress.add_task("sending", total=len(workload.messages))
+            for wave in (1, 2):
+                send(app, workload.wave(wave))
+                watch(workload.wave(wave), progress, task)
+        elapsed = time.monotonic() - started
+        ok = summary(workload, simulator, ledger, elapsed)
+    if not ok:
+        console.print("[red]some operations did not end as expected[/]")
+    return 0 if ok else 1

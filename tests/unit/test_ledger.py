@@ -1,0 +1,498 @@
+"""The ledger on SQLite and PostgreSQL: atomic start/claim/finish, dead letters, replay, pruning, schema."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from integrations.errors import ErrorInfo, ErrorType
+from integrations.ledger import models
+from integrations.ledger.models import OperationStatus
+from integrations.ledger.store import Ledger, OperationRecord, create_ledger_engine
+from integrations.resilience.idempotency import fingerprint
+
+LEASE = timedelta(seconds=35)
+PAYLOAD = {"method": "POST", "path": "/v1/charges", "json": {"amount": 500, "currency": "eur"}}
+T0 = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, now: datetime) -> None:
+        self.now = now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def timed(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
+    """A ledger whose clock is ``clock``."""
+    ledger = Ledger(create_ledger_engine(ledger_url), clock=clock)
+    yield ledger
+    ledger.engine.dispose()
+
+
+def start(
+    ledger: Ledger, key: str = "charge-1", *, provider: str = "acme", request_id: str = "req-1"
+) -> OperationRecord:
+    record = ledger.start(
+        provider=provider,
+        operation="request",
+        idempotency_key=key,
+        fingerprint=fingerprint("request", PAYLOAD),
+        payload=PAYLOAD,
+        request_id=request_id,
+        lease=LEASE,
+    )
+    assert record is not None
+    return record
+
+
+def transient() -> ErrorInfo:
+    return ErrorInfo(type=ErrorType.PROVIDER_UNAVAILABLE, message="acme.request: HTTP 503", status_code=503)
+
+
+def ended(ledger: Ledger, key: str, status: OperationStatus, *, provider: str = "acme") -> OperationRecord:
+    """An operation that ran one attempt and ended (or was queued again) with ``status``."""
+    record = start(ledger, key, provider=provider)
+    if status is OperationStatus.RUNNING:
+        return record
+    if status is OperationStatus.SUCCEEDED:
+        finished = ledger.finish(record, status, response={"status_code": 200, "body": {"id": "ch_1"}})
+    elif status is OperationStatus.DEAD:
+        error = ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up after 1 attempt")
+        finished = ledger.finish(record, status, error=error)
+    elif status is OperationStatus.FAILED:
+        error = ErrorInfo(
+            type=ErrorType.PROVIDER_REJECTED, message="HTTP 422", status_code=422, body={"e": 1}
+        )
+        finished = ledger.finish(record, status, error=error)
+    else:
+        finished = ledger.finish(record, status, error=transient(), next_attempt_at=ledger.clock() + LEASE)
+    assert finished is not None
+    return finished
+
+
+def invalid(ledger: Ledger, key: str | None, *, payload: Any = "not a dict") -> OperationRecord:
+    return ledger.record_invalid(
+        provider="acme",
+        operation="request",
+        idempotency_key=key,
+        fingerprint=fingerprint("request", payload),
+        payload=payload,
+        request_id="req-bad",
+        error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message="acme.request: payload.path: Field required"),
+    )
+
+
+# -- start -----------------------------------------------------------------------------------------
+
+
+def test_start_inserts_the_first_attempt_as_running(timed: Ledger) -> None:
+    record = start(timed)
+
+    assert record.status is OperationStatus.RUNNING
+    assert record.attempts == 1
+    assert record.replays == 0
+    assert (record.provider, record.operation, record.idempotency_key) == ("acme", "request", "charge-1")
+    assert record.payload == PAYLOAD
+    assert record.request_id == "req-1"
+    assert record.created_at == record.started_at == T0
+    assert record.lease_expires_at == T0 + LEASE
+    assert record.finished_at is None
+    assert record.next_attempt_at is None
+    assert timed.get(record.id) == record
+    assert timed.find("acme", "charge-1") == record
+
+
+def test_start_twice_with_the_same_key_loses(ledger: Ledger) -> None:
+    first = start(ledger)
+
+    second = ledger.start(
+        provider="acme",
+        operation="request",
+        idempotency_key="charge-1",
+        fingerprint=fingerprint("request", {"other": True}),
+        payload={"other": True},
+        request_id="req-2",
+        lease=LEASE,
+    )
+
+    assert second is None
+    assert ledger.get(first.id) == first
+    assert ledger.count_by_status() == {"running": 1}
+
+
+def test_the_same_key_is_free_for_another_provider(ledger: Ledger) -> None:
+    acme = start(ledger, "charge-1", provider="acme")
+    other = start(ledger, "charge-1", provider="mailer")
+
+    assert acme.id != other.id
+    assert ledger.find("mailer", "charge-1") == other
+    assert ledger.find("acme", "charge-1") == acme
+    assert ledger.find("crm", "charge-1") is None
+
+
+# -- claim and finish ------------------------------------------------------------------------------
+
+
+def test_claim_starts_the_next_attempt(timed: Ledger, clock: Clock) -> None:
+    queued = ended(timed, "charge-1", OperationStatus.QUEUED)
+    clock.set(T0 + timedelta(seconds=40))
+
+    claimed = timed.claim(queued, lease=LEASE, request_id="req-2")
+
+    assert claimed is not None
+    assert claimed.status is OperationStatus.RUNNING
+    assert claimed.attempts == queued.attempts + 1 == 2
+    assert claimed.version == queued.version + 1
+    assert claimed.request_id == "req-2"
+    assert claimed.started_at == T0 + timedelta(seconds=40)
+    assert claimed.lease_expires_at == T0 + timedelta(seconds=40) + LEASE
+    assert claimed.next_attempt_at is None
+    assert timed.get(queued.id) == claimed
+
+
+def test_claim_of_a_stale_record_changes_nothing(ledger: Ledger) -> None:
+    queued = ended(ledger, "charge-1", OperationStatus.QUEUED)
+    winner = ledger.claim(queued, lease=LEASE, request_id="req-winner")
+    assert winner is not None
+
+    assert ledger.claim(queued, lease=LEASE, request_id="req-loser") is None
+
+    current = ledger.get(queued.id)
+    assert current == winner
+    assert current is not None
+    assert current.attempts == queued.attempts + 1
+    assert current.request_id == "req-winner"
+
+
+def test_takeover_claim_replaces_an_invalid_request(ledger: Ledger) -> None:
+    bad = invalid(ledger, "charge-1")
+
+    claimed = ledger.claim(
+        bad, lease=LEASE, request_id="req-2", takeover=("request", fingerprint("request", PAYLOAD), PAYLOAD)
+    )
+
+    assert claimed is not None
+    assert ledger.get(bad.id) == claimed
+    assert claimed.status is OperationStatus.RUNNING
+    assert claimed.attempts == 1
+    assert claimed.payload == PAYLOAD
+    assert claimed.fingerprint == fingerprint("request", PAYLOAD)
+    assert claimed.error is None
+    assert claimed.finished_at is None
+
+
+def test_finish_is_fenced_by_version(timed: Ledger, clock: Clock) -> None:
+    first = start(timed)  # worker A's attempt; its lease runs out
+    clock.set(T0 + LEASE + timedelta(seconds=1))
+    second = timed.claim(first, lease=LEASE, request_id="req-b")  # worker B takes over
+    assert second is not None
+
+    late = timed.finish(first, OperationStatus.SUCCEEDED, response={"status_code": 200, "body": "from A"})
+
+    assert late is None
+    assert timed.get(first.id) == second
+
+    clock.set(T0 + LEASE + timedelta(seconds=2))
+    done = timed.finish(second, OperationStatus.SUCCEEDED, response={"status_code": 200, "body": "from B"})
+
+    assert done is not None
+    assert timed.get(first.id) == done
+    assert done.status is OperationStatus.SUCCEEDED
+    assert done.response == {"status_code": 200, "body": "from B"}
+    assert done.finished_at == T0 + LEASE + timedelta(seconds=2)
+    assert done.lease_expires_at is None
+    assert done.attempts == 2
+
+
+def test_finish_queued_for_retry_keeps_the_error_and_schedule(timed: Ledger, clock: Clock) -> None:
+    record = start(timed)
+    due = T0 + timedelta(seconds=4)
+
+    queued = timed.finish(record, OperationStatus.QUEUED, error=transient(), next_attempt_at=due)
+
+    assert queued is not None
+    stored = timed.get(record.id)
+    assert stored == queued
+    assert stored is not None
+    assert stored.status is OperationStatus.QUEUED
+    assert stored.next_attempt_at == due
+    assert stored.finished_at is None
+    assert stored.lease_expires_at is None
+    assert stored.error == {
+        "type": "provider_unavailable",
+        "message": "acme.request: HTTP 503",
+        "status_code": 503,
+        "body": None,
+    }
+
+
+def test_concurrent_claims_have_exactly_one_winner(ledger: Ledger) -> None:
+    queued = ended(ledger, "charge-1", OperationStatus.QUEUED)
+    workers = 8
+    barrier = threading.Barrier(workers)
+    results: dict[str, OperationRecord | None] = {}
+    failures: list[BaseException] = []
+
+    def claim(request_id: str) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[request_id] = ledger.claim(queued, lease=LEASE, request_id=request_id)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(f"req-{n}",)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    winners = {request_id: record for request_id, record in results.items() if record is not None}
+    assert len(results) == workers
+    assert len(winners) == 1
+    [(request_id, winner)] = winners.items()
+    assert ledger.get(queued.id) == winner
+    assert winner.request_id == request_id
+    assert winner.attempts == queued.attempts + 1
+
+
+# -- invalid requests ------------------------------------------------------------------------------
+
+
+def test_record_invalid_binds_a_free_key(timed: Ledger) -> None:
+    record = invalid(timed, "charge-1")
+
+    assert timed.find("acme", "charge-1") == record
+    assert record.status is OperationStatus.FAILED
+    assert record.attempts == 0
+    assert record.finished_at == T0
+    assert record.payload == "not a dict"
+    assert record.error is not None
+    assert record.error["type"] == "invalid_request"
+
+
+def test_record_invalid_with_a_taken_key_keeps_the_original(ledger: Ledger) -> None:
+    original = start(ledger)
+
+    first = invalid(ledger, "charge-1")
+    second = invalid(ledger, "charge-1", payload={"method": "FETCH"})
+
+    assert first.idempotency_key is None
+    assert second.idempotency_key is None
+    assert len({original.id, first.id, second.id}) == 3
+    assert ledger.get(first.id) == first
+    assert ledger.get(second.id) == second
+    assert ledger.get(original.id) == original
+    assert ledger.find("acme", "charge-1") == original
+
+
+def test_record_invalid_without_a_key(ledger: Ledger) -> None:
+    records = [invalid(ledger, None) for _ in range(2)]
+
+    assert [ledger.get(record.id) for record in records] == records
+    assert all(record.idempotency_key is None for record in records)
+
+
+# -- dead letters, replay, restore -----------------------------------------------------------------
+
+
+def test_dead_letters_lists_failed_and_dead_newest_first(timed: Ledger, clock: Clock) -> None:
+    by_key: dict[str, OperationRecord] = {}
+    for minute, (key, status, provider) in enumerate(
+        [
+            ("failed-old", OperationStatus.FAILED, "acme"),
+            ("dead", OperationStatus.DEAD, "acme"),
+            ("succeeded", OperationStatus.SUCCEEDED, "acme"),
+            ("queued", OperationStatus.QUEUED, "acme"),
+            ("running", OperationStatus.RUNNING, "acme"),
+            ("failed-mailer", OperationStatus.FAILED, "mailer"),
+            ("failed-new", OperationStatus.FAILED, "acme"),
+        ]
+    ):
+        clock.set(T0 + timedelta(minutes=minute))
+        by_key[key] = ended(timed, key, status, provider=provider)
+
+    every = [record.idempotency_key for record in timed.dead_letters()]
+    acme = [record.idempotency_key for record in timed.dead_letters("acme")]
+
+    assert every == ["failed-new", "failed-mailer", "dead", "failed-old"]
+    assert acme == ["failed-new", "dead", "failed-old"]
+    assert [r.idempotency_key for r in timed.dead_letters("acme", limit=2)] == ["failed-new", "dead"]
+    assert timed.dead_letters("crm") == []
+    assert timed.dead_letters("mailer") == [by_key["failed-mailer"]]
+
+
+def test_reset_for_replay_requeues_a_dead_operation(timed: Ledger, clock: Clock) -> None:
+    dead = ended(timed, "charge-1", OperationStatus.DEAD)
+    clock.set(T0 + timedelta(hours=1))
+
+    replayed = timed.reset_for_replay(dead.id)
+
+    assert timed.get(dead.id) == replayed
+    assert replayed.status is OperationStatus.QUEUED
+    assert replayed.attempts == 0
+    assert replayed.replays == dead.replays + 1 == 1
+    assert replayed.error is None
+    assert replayed.finished_at is None
+    assert replayed.next_attempt_at is None
+    assert replayed.updated_at == T0 + timedelta(hours=1)
+    assert replayed.payload == dead.payload
+    assert timed.dead_letters() == []
+
+
+def test_reset_for_replay_of_a_failed_operation(ledger: Ledger) -> None:
+    failed = ended(ledger, "charge-1", OperationStatus.FAILED)
+
+    replayed = ledger.reset_for_replay(failed.id)
+
+    assert (replayed.status, replayed.attempts, replayed.replays) == (OperationStatus.QUEUED, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "status", [OperationStatus.SUCCEEDED, OperationStatus.QUEUED, OperationStatus.RUNNING]
+)
+def test_reset_for_replay_refuses_an_operation_that_did_not_fail(
+    ledger: Ledger, status: OperationStatus
+) -> None:
+    record = ended(ledger, "charge-1", status)
+
+    with pytest.raises(ValueError, match=f"is {status.value}; only failed or dead ones replay"):
+        ledger.reset_for_replay(record.id)
+
+    assert ledger.get(record.id) == record
+
+
+def test_reset_for_replay_refuses_an_invalid_request(ledger: Ledger) -> None:
+    record = invalid(ledger, "charge-1")
+
+    with pytest.raises(ValueError, match="was an invalid request; the same message would fail again"):
+        ledger.reset_for_replay(record.id)
+
+    assert ledger.get(record.id) == record
+
+
+def test_reset_for_replay_of_an_unknown_operation(ledger: Ledger) -> None:
+    with pytest.raises(LookupError, match="no operation 'no-such-id' in the ledger"):
+        ledger.reset_for_replay("no-such-id")
+
+
+def test_restore_undoes_a_replay(ledger: Ledger) -> None:
+    dead = ended(ledger, "charge-1", OperationStatus.DEAD)
+    replayed = ledger.reset_for_replay(dead.id)
+
+    ledger.restore(dead, replayed)
+
+    restored = ledger.get(dead.id)
+    assert restored is not None
+    assert restored.version == replayed.version + 1
+    assert restored == OperationRecord(**{**dead.__dict__, "version": replayed.version + 1})
+    assert ledger.dead_letters() == [restored]
+
+
+# -- pruning ---------------------------------------------------------------------------------------
+
+
+def test_prune_deletes_ended_operations_past_retention(timed: Ledger, clock: Clock) -> None:
+    now = T0 + timedelta(days=100)
+    rows = {
+        # key: (status, days before now it was written, kept?)
+        "succeeded-old": (OperationStatus.SUCCEEDED, 8, False),
+        "succeeded-recent": (OperationStatus.SUCCEEDED, 6, True),
+        "failed-old": (OperationStatus.FAILED, 31, False),
+        "failed-recent": (OperationStatus.FAILED, 29, True),
+        "dead-old": (OperationStatus.DEAD, 31, False),
+        "dead-past-success-retention": (OperationStatus.DEAD, 8, True),
+        "queued-ancient": (OperationStatus.QUEUED, 99, True),
+        "running-ancient": (OperationStatus.RUNNING, 99, True),
+    }
+    ids = {}
+    for key, (status, days, _kept) in rows.items():
+        clock.set(now - timedelta(days=days))
+        ids[key] = ended(timed, key, status).id
+    clock.set(now - timedelta(days=40))
+    ids["invalid-old"] = invalid(timed, "invalid-old").id
+    clock.set(now)
+
+    deleted = timed.prune(retention=timedelta(days=7), dead_letter_retention=timedelta(days=30))
+
+    kept = {key for key, (_status, _days, keep) in rows.items() if keep}
+    assert deleted == len(ids) - len(kept)
+    assert {key for key, operation_id in ids.items() if timed.get(operation_id) is not None} == kept
+    assert timed.prune(retention=timedelta(days=7), dead_letter_retention=timedelta(days=30)) == 0
+
+
+# -- what comes back -------------------------------------------------------------------------------
+
+
+def test_timestamps_come_back_as_aware_utc(ledger_url: str) -> None:
+    local = T0.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    ledger = Ledger.connect(ledger_url, clock=lambda: local)
+    try:
+        record = ended(ledger, "charge-1", OperationStatus.SUCCEEDED)
+        stored = ledger.get(record.id)
+    finally:
+        ledger.engine.dispose()
+
+    assert stored is not None
+    for name in ("created_at", "updated_at", "started_at", "finished_at"):
+        value = getattr(stored, name)
+        assert value == T0, name
+        assert value.tzinfo is UTC, name
+        assert value.isoformat() == "2026-11-21T12:00:00.123456+00:00", name
+
+
+def test_to_json(timed: Ledger) -> None:
+    record = ended(timed, "charge-1", OperationStatus.FAILED)
+
+    stored = timed.get(record.id)
+    assert stored is not None
+
+    data = stored.to_json()
+
+    assert json.loads(json.dumps(data)) == data
+    assert "fingerprint" not in data
+    assert "version" not in data
+    assert "id" not in data
+    assert data["operation_id"] == record.id
+    assert data["status"] == "failed"
+    assert data["provider"] == "acme"
+    assert data["idempotency_key"] == "charge-1"
+    assert data["attempts"] == 1
+    assert data["payload"] == PAYLOAD
+    assert data["error"] == {
+        "type": "provider_rejected",
+        "message": "HTTP 422",
+        "status_code": 422,
+        "body": {"e": 1},
+    }
+    assert data["created_at"] == data["finished_at"] == "2026-11-21T12:00:00.123456+00:00"
+    assert datetime.fromisoformat(data["updated_at"]) == T0
+    assert data["next_attempt_at"] is None
+    assert data["lease_expires_at"] is None
+
+
+def test_migration_matches_the_models(ledger: Ledger) -> None:
+    with ledger.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), models.metadata)
+
+    assert differences == []

@@ -1,0 +1,257 @@
+"""The providers file: loading, defaults, and error messages an operator can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.settings import DEFAULT_PROVIDERS_FILE
+from integrations.adapters import registry
+from integrations.adapters.http import HttpAdapter
+from integrations.errors import ConfigError
+from integrations.providers import (
+    BreakerSettings,
+    ProviderSettings,
+    Rate,
+    RetrySettings,
+    load_providers,
+    parse_providers,
+    queue_name,
+    task_name,
+)
+
+MINIMAL = """
+[providers.acme]
+adapter = "http"
+base_url = "https://api.acme.example"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "providers.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_providers_file_loads() -> None:
+    providers = load_providers(DEFAULT_PROVIDERS_FILE)
+
+    assert set(providers) == {"acme"}
+    acme = providers["acme"]
+    assert acme.name == "acme"
+    assert acme.adapter == "http"
+    assert acme.base_url == "https://api.acme.example"
+    assert acme.timeout == 10.0
+    assert acme.rate_limit is not None
+    assert acme.rate_limit.per_second == 20
+    assert acme.rate_limit.text == "20/s"
+    assert acme.burst == 20
+    assert acme.retry == RetrySettings(max_attempts=8, backoff_base=1.0, backoff_max=300.0)
+    assert acme.breaker == BreakerSettings(fail_max=5, reset_timeout=30.0)
+    assert registry.resolve(providers, str(DEFAULT_PROVIDERS_FILE)) == {"acme": HttpAdapter}
+
+
+@pytest.mark.parametrize(
+    ("text", "amount", "period", "per_second"),
+    [
+        ("20/s", 20, 1, 20),
+        ("600/m", 600, 60, 10),
+        ("1800/h", 1800, 3600, 0.5),
+        (" 2.5 / s ", 2.5, 1, 2.5),
+    ],
+)
+def test_rate_parse(text: str, amount: float, period: float, per_second: float) -> None:
+    rate = Rate.parse(text)
+
+    assert rate.amount == amount
+    assert rate.period == period
+    assert rate.per_second == pytest.approx(per_second)
+    assert rate.text == text.strip()
+
+
+@pytest.mark.parametrize("text", ["0/s", "20", "20/d", "-1/s", "/s", "twenty/s", ""])
+def test_rate_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"N/s, N/m or N/h"):
+        Rate.parse(text)
+
+
+def test_defaults_when_sections_omitted(tmp_path: Path) -> None:
+    acme = load_providers(write(tmp_path, MINIMAL))["acme"]
+
+    assert acme.retry == RetrySettings()
+    assert (acme.retry.max_attempts, acme.retry.backoff_base, acme.retry.backoff_max) == (8, 1.0, 300.0)
+    assert (acme.breaker.fail_max, acme.breaker.reset_timeout) == (5, 30.0)
+    assert acme.timeout == 10.0
+    assert acme.rate_limit is None
+    assert acme.burst is None
+
+
+def test_base_url_trailing_slash_is_dropped(tmp_path: Path) -> None:
+    text = MINIMAL.replace("https://api.acme.example", "https://api.acme.example/v2/")
+    assert load_providers(write(tmp_path, text))["acme"].base_url == "https://api.acme.example/v2"
+
+
+def test_empty_file_has_no_providers(tmp_path: Path) -> None:
+    assert load_providers(write(tmp_path, "")) == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "detail"),
+    [
+        ('rate_limit = "20/d"', "rate_limit", "'20/d' is not of the form N/s"),
+        ('rate_limt = "20/s"', "rate_limt", "unknown key"),
+        ("timeout = 0", "timeout", "greater than 0"),
+        ("burst = 0", "burst", "greater than or equal to 1"),
+        (
+            "[providers.acme.retry]\nbackoff_base = 10.0\nbackoff_max = 5.0",
+            "retry",
+            "backoff_base must not exceed backoff_max",
+        ),
+        ("[providers.acme.retry]\nmax_attempts = 0", "retry.max_attempts", "greater than or equal to 1"),
+        ("[providers.acme.retry]\nbackoff_max = 901", "retry.backoff_max", "less than or equal to 900"),
+        ("[providers.acme.retry]\nmax_atempts = 3", "retry.max_atempts", "unknown key"),
+        ("[providers.acme.breaker]\nfail_max = 0", "breaker.fail_max", "greater than or equal to 1"),
+    ],
+)
+def test_invalid_value_names_file_provider_and_key(tmp_path: Path, extra: str, key: str, detail: str) -> None:
+    path = write(tmp_path, MINIMAL + extra + "\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: [providers.acme] key '{key}': ")
+    assert detail in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "detail"),
+    [
+        ('[providers.acme]\nbase_url = "https://api.acme.example"\n', "adapter", "required key is missing"),
+        ('[providers.acme]\nadapter = "http"\n', "base_url", "required key is missing"),
+        (
+            '[providers.acme]\nadapter = "http"\nbase_url = "api.acme.example"\n',
+            "base_url",
+            "must start with http:// or https://",
+        ),
+        (
+            '[providers.acme]\nadapter = "http"\nbase_url = "ftp://api.acme.example"\n',
+            "base_url",
+            "must start with http:// or https://",
+        ),
+        ('[providers.acme]\nadapter = "http"\nbase_url = "https://"\n', "base_url", "name a host"),
+    ],
+)
+def test_missing_or_bad_required_key(tmp_path: Path, text: str, key: str, detail: str) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: [providers.acme] key '{key}': ")
+    assert detail in message
+
+
+def test_every_problem_of_a_provider_is_listed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[providers.acme]\ntimeout = -1\nrate_limt = "1/s"\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    lines = str(caught.value).splitlines()
+    keys = {line.split(" key ", 1)[1].split(":", 1)[0] for line in lines}
+    assert keys == {"'adapter'", "'base_url'", "'timeout'", "'rate_limt'"}
+    assert all(line.startswith(f"{path}: [providers.acme] key ") for line in lines)
+
+
+@pytest.mark.parametrize("header", ['"Acme.Payments"', "Acme", '"1acme"', '"acme payments"'])
+def test_bad_provider_name(tmp_path: Path, header: str) -> None:
+    path = write(tmp_path, MINIMAL.replace("acme]", f"{header}]"))
+    name = header.strip('"')
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: [providers.{name}]: provider names are lower-case letters")
+
+
+def test_name_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + 'name = "other"\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    assert str(caught.value).startswith(f"{path}: [providers.acme]: 'name' is taken from the table header")
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    path = write(tmp_path, 'provider = "acme"\n' + MINIMAL)
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    assert str(caught.value).startswith(f"{path}: unknown top-level key(s) ['provider']")
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "timeout = = 3\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    assert str(caught.value).startswith(f"{path}: not valid TOML: ")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: providers file not found")
+    assert "INTEGRATIONS_PROVIDERS_FILE" in message
+
+
+def test_parse_providers_names_the_source() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_providers({"providers": {"acme": {"adapter": "http"}}}, source="inline")
+
+    assert str(caught.value) == "inline: [providers.acme] key 'base_url': required key is missing"
+
+
+def test_resolve_unknown_adapter(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, MINIMAL + '[providers.mailer]\nadapter = "smtpp"\nbase_url = "https://mail.example"\n'
+    )
+    providers = load_providers(path)
+
+    with pytest.raises(ConfigError) as caught:
+        registry.resolve(providers, str(path))
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: [providers.mailer] key 'adapter': unknown adapter 'smtpp'")
+    known = message.split("(known: ", 1)[1].split(";", 1)[0].split(", ")
+    assert "http" in known
+    assert sorted(known) == sorted(registry.known_adapters())
+
+
+@pytest.mark.parametrize(
+    ("provider", "operation", "task", "queue"),
+    [
+        ("acme", "request", "integrations.acme.request", "integrations.acme"),
+        ("crm-eu", "upsert_contact", "integrations.crm-eu.upsert_contact", "integrations.crm-eu"),
+    ],
+)
+def test_task_and_queue_names(provider: str, operation: str, task: str, queue: str) -> None:
+    settings = ProviderSettings.model_validate(
+        {"name": provider, "adapter": "http", "base_url": "https://api.example"}
+    )
+
+    assert task_name(provider, operation) == task
+    assert queue_name(provider) == queue
+    assert settings.task_name(operation) == task
+    assert settings.queue == queue
