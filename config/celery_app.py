@@ -1,6 +1,6 @@
 """The Celery application. Start a worker for a provider with:
 
-    celery -A config.celery_app worker -Q integrations.<provider>
+celery -A config.celery_app worker -Q integrations.<provider>
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     # How long ended operations keep their idempotency record (a resend within it replays the outcome).
     retention_days: float = Field(7.0, gt=0, validation_alias="INTEGRATIONS_RETENTION_DAYS")
     # Failed and dead operations (dead letters) are kept longer, for operators to inspect and replay.
-    dead_letter_retention_days: float = Field(30.0, gt=0, validation_alias="INTEGRATIONS_DEAD_LETTER_RETENTION_DAYS")
+    dead_letter_retention_days: float = Field(
+        30.0, gt=0, validation_alias="INTEGRATIONS_DEAD_LETTER_RETENTION_DAYS"
+    )
 
     @property
     def broker_url(self) -> str:

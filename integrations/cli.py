@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import get_settings
+from config.settings import Settings
 from integrations.errors import ConfigError, IntegrationsError
 from integrations.ledger import schema
 from integrations.ledger.store import Ledger, OperationRecord
@@ -30,7 +30,7 @@ def _user_errors() -> Iterator[None]:
 
 
 def _ledger() -> Ledger:
-    return Ledger.connect(get_settings().database_url)
+    return Ledger.connect(Settings().database_url)
 
 
 def _print_json(data: Any) -> None:
@@ -55,7 +55,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
 def db_upgrade(revision: str) -> None:
     """Create or migrate the ledger schema at DATABASE_URL."""
-    url = get_settings().database_url
+    url = Settings().database_url
     with _user_errors():
         schema.upgrade(url, revision)
     click.echo(f"ledger schema at revision {schema.head_revision() if revision == 'head' else revision}")
@@ -75,7 +75,9 @@ def ops_show(idempotency_key: str, provider: str, as_json: bool) -> None:
     with _user_errors():
         record = _ledger().find(provider, idempotency_key)
     if record is None:
-        raise click.ClickException(f"no operation with idempotency key {idempotency_key!r} for provider {provider!r}")
+        raise click.ClickException(
+            f"no operation with idempotency key {idempotency_key!r} for provider {provider!r}"
+        )
     if as_json:
         _print_json(record.to_json())
         return
@@ -90,7 +92,7 @@ def ops_show(idempotency_key: str, provider: str, as_json: bool) -> None:
 @ops.command("prune")
 def ops_prune() -> None:
     """Delete ended operations past their retention (what the hourly maintenance task does)."""
-    settings = get_settings()
+    settings = Settings()
     with _user_errors():
         deleted = _ledger().prune(
             retention=settings.retention, dead_letter_retention=settings.dead_letter_retention
@@ -135,7 +137,9 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
             f"key={record.idempotency_key or '-'}  attempts={record.attempts}  {finished}",
             highlight=False,
         )
-        console.print(f"    {error.get('type', '?')}: {error.get('message', '')}", highlight=False, soft_wrap=True)
+        console.print(
+            f"    {error.get('type', '?')}: {error.get('message', '')}", highlight=False, soft_wrap=True
+        )
     console.print(f"{len(records)} dead letter(s)")
 
 
@@ -167,7 +171,7 @@ def providers_command(as_json: bool) -> None:
     """List configured providers with their queue, tasks and limits."""
     from integrations.runtime import Runtime
 
-    settings = get_settings()
+    settings = Settings()
     with _user_errors():
         runtime = Runtime.load(settings.providers_file, settings.database_url)
     rows: list[dict[str, Any]] = [
@@ -186,7 +190,9 @@ def providers_command(as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = Table("provider", "adapter", "queue", "tasks", "rate limit", "attempts", title=str(settings.providers_file))
+    table = Table(
+        "provider", "adapter", "queue", "tasks", "rate limit", "attempts", title=str(settings.providers_file)
+    )
     for row in rows:
         table.add_row(
             row["provider"],
@@ -206,5 +212,3 @@ def demo_command(operations: int) -> None:
     from tasks.demo import run_demo  # the demo sends messages, so it lives beside the Celery glue
 
     sys.exit(run_demo(operations))
-
-

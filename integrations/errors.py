@@ -87,7 +87,9 @@ class OperationError(IntegrationsError):
         self.body = body
 
     def info(self) -> ErrorInfo:
-        return ErrorInfo(type=self.error_type, message=self.message, status_code=self.status_code, body=self.body)
+        return ErrorInfo(
+            type=self.error_type, message=self.message, status_code=self.status_code, body=self.body
+        )
 
 
 class InvalidRequest(OperationError):

@@ -150,7 +150,9 @@ class OperationRunner:
             return self._run(delivery)
         except LedgerUnavailable as exc:
             delay = poll_delay(delivery.redeliveries + 2)
-            log.error("%s: ledger unavailable, message put back for %.1fs: %s", self.where(delivery), delay, exc)
+            log.error(
+                "%s: ledger unavailable, message put back for %.1fs: %s", self.where(delivery), delay, exc
+            )
             return Defer(delay, "ledger_unavailable")
 
     def where(self, delivery: Delivery) -> str:
@@ -192,8 +194,12 @@ class OperationRunner:
                     lease=lease,
                 )
             else:
-                takeover = (delivery.operation, request_fingerprint, message.payload) if decision.takeover else None
-                claimed = self.ledger.claim(decision.record, lease=lease, request_id=request_id, takeover=takeover)
+                takeover = (
+                    (delivery.operation, request_fingerprint, message.payload) if decision.takeover else None
+                )
+                claimed = self.ledger.claim(
+                    decision.record, lease=lease, request_id=request_id, takeover=takeover
+                )
             if claimed is not None:
                 return self._attempt(attempt, claimed)
         return Defer(poll_delay(delivery.redeliveries), "contended")
@@ -209,8 +215,11 @@ class OperationRunner:
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(kwargs)'}: "
-                + ("unexpected key; the message takes payload, idempotency_key and request_id"
-                   if e["type"] == "extra_forbidden" else e["msg"])
+                + (
+                    "unexpected key; the message takes payload, idempotency_key and request_id"
+                    if e["type"] == "extra_forbidden"
+                    else e["msg"]
+                )
                 for e in exc.errors()
             )
             raise InvalidRequest(f"{self.where(delivery)}: {problems}") from None
@@ -242,8 +251,13 @@ class OperationRunner:
             )
             if finished is None:
                 return self._taken_over(claimed)
-            log.info("succeeded %s.%s key=%s attempts=%d", finished.provider, finished.operation,
-                     finished.idempotency_key, finished.attempts)
+            log.info(
+                "succeeded %s.%s key=%s attempts=%d",
+                finished.provider,
+                finished.operation,
+                finished.idempotency_key,
+                finished.attempts,
+            )
             return Done(result(finished, replayed=False))
         return self._failed_attempt(claimed, error)
 
@@ -256,8 +270,15 @@ class OperationRunner:
             due = self.clock() + timedelta(seconds=delay)
             if self.ledger.finish(claimed, OperationStatus.QUEUED, error=info, next_attempt_at=due) is None:
                 return self._taken_over(claimed)
-            log.warning("retrying %s key=%s attempt %d/%d in %.2fs: %s", where, claimed.idempotency_key,
-                        claimed.attempts, self.provider.retry.max_attempts, delay, info.message)
+            log.warning(
+                "retrying %s key=%s attempt %d/%d in %.2fs: %s",
+                where,
+                claimed.idempotency_key,
+                claimed.attempts,
+                self.provider.retry.max_attempts,
+                delay,
+                info.message,
+            )
             return Retry(min(delay, MAX_COUNTDOWN), info)
         status = OperationStatus.FAILED
         if error.retryable:
@@ -271,14 +292,24 @@ class OperationRunner:
         finished = self.ledger.finish(claimed, status, error=info)
         if finished is None:
             return self._taken_over(claimed)
-        log.warning("%s %s key=%s operation_id=%s: %s", status.value, where, claimed.idempotency_key,
-                    claimed.id, info.message)
+        log.warning(
+            "%s %s key=%s operation_id=%s: %s",
+            status.value,
+            where,
+            claimed.idempotency_key,
+            claimed.id,
+            info.message,
+        )
         return Failed(status, info, claimed.id)
 
     def _taken_over(self, claimed: OperationRecord) -> Outcome:
         # Our lease ran out and another worker claimed the operation: its outcome is the one that counts.
-        log.warning("%s.%s key=%s: lease lost to another worker; will report its outcome",
-                    claimed.provider, claimed.operation, claimed.idempotency_key)
+        log.warning(
+            "%s.%s key=%s: lease lost to another worker; will report its outcome",
+            claimed.provider,
+            claimed.operation,
+            claimed.idempotency_key,
+        )
         return Defer(poll_delay(0), "taken_over")
 
     def _replay(self, record: OperationRecord) -> Outcome:
@@ -317,7 +348,9 @@ class OperationRunner:
             idempotency_key=key if valid_key else None,
             fingerprint=idempotency.fingerprint(delivery.operation, payload),
             payload=payload,
-            request_id=request_id if isinstance(request_id, str) and len(request_id) <= MAX_KEY_LENGTH else None,
+            request_id=request_id
+            if isinstance(request_id, str) and len(request_id) <= MAX_KEY_LENGTH
+            else None,
             error=exc.info(),
         )
         log.warning("invalid request %s operation_id=%s: %s", self.where(delivery), record.id, exc.message)
@@ -336,4 +369,3 @@ def result(record: OperationRecord, *, replayed: bool) -> dict[str, Any]:
         "replayed": replayed,
         "response": record.response,
     }
-

@@ -140,7 +140,9 @@ def load_providers(path: Path | str) -> dict[str, ProviderSettings]:
 def parse_providers(document: dict[str, Any], *, source: str) -> dict[str, ProviderSettings]:
     unknown = sorted(set(document) - {"providers"})
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; only [providers.<name>] tables belong here")
+        raise ConfigError(
+            f"{source}: unknown top-level key(s) {unknown}; only [providers.<name>] tables belong here"
+        )
     tables = document.get("providers", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{source}: 'providers' must be a table of [providers.<name>] tables")

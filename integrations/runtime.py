@@ -7,8 +7,8 @@ or database connections, so a runtime made before a fork is rebuilt after it.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
 

@@ -114,7 +114,11 @@ def plan(total: int, run: str, rng: random.Random) -> Workload:
         path, ok_status = PROVIDERS[provider]
         params = f"ok_status={ok_status}" + (f"&{query}" if query else "")
         number = next(serial)
-        payload = {"method": "POST", "path": f"{path}?{params}", "json": {"demo_item": number, "amount": number * 100}}
+        payload = {
+            "method": "POST",
+            "path": f"{path}?{params}",
+            "json": {"demo_item": number, "amount": number * 100},
+        }
         return Message(kind, provider, {"payload": payload, "idempotency_key": f"{run}-{number:04d}"} | extra)
 
     for _ in range(counts["ok"]):
@@ -147,7 +151,9 @@ def plan(total: int, run: str, rng: random.Random) -> Workload:
     for index in range(counts["conflict"]):
         original = plain[-1 - index % len(plain)]
         payload = dict(original.kwargs["payload"]) | {"json": {"amount": -1}}
-        workload.messages.append(Message("conflict", original.provider, original.kwargs | {"payload": payload}, wave=2))
+        workload.messages.append(
+            Message("conflict", original.provider, original.kwargs | {"payload": payload}, wave=2)
+        )
     return workload
 
 
@@ -173,14 +179,20 @@ def worker_process(env: dict[str, str], folder: Path, app: Celery) -> Iterator[l
         # Run from the scratch folder: celery puts the working directory first on sys.path, and a stray
         # "tasks" or "config" folder there would shadow the installed packages.
         process = subprocess.Popen(
-            [sys.executable, "-m", *command, *options], env=env, cwd=folder,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", *command, *options],
+            env=env,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 60
             while not app.control.ping(destination=[node], timeout=0.5):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the demo worker did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+                    raise RuntimeError(
+                        f"the demo worker did not start:\n{log_path.read_text(errors='replace')[-3000:]}"
+                    )
             yield command
         finally:
             process.send_signal(signal.SIGTERM)
@@ -222,7 +234,9 @@ def send(app: Celery, messages: list[Message]) -> None:
     for message in messages:
         message.sent_at = time.monotonic()
         message.result = app.send_task(
-            f"integrations.{message.provider}.request", kwargs=message.kwargs, queue=f"integrations.{message.provider}"
+            f"integrations.{message.provider}.request",
+            kwargs=message.kwargs,
+            queue=f"integrations.{message.provider}",
         )
 
 
@@ -314,8 +328,12 @@ def run_demo(total: int = 200) -> int:
         LEDGER_FILE.unlink(missing_ok=True)
         database_url = f"sqlite:///{LEDGER_FILE.resolve()}"
         schema.upgrade(database_url)
-        env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=database_url,
-                   INTEGRATIONS_PROVIDERS_FILE=str(providers))
+        env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            INTEGRATIONS_PROVIDERS_FILE=str(providers),
+        )
         env.pop("BROKER_URL", None)
         app = Celery("demo-application", broker=redis_url, backend=redis_url)
         app.conf.update(broker_connection_retry_on_startup=True)
@@ -324,7 +342,9 @@ def run_demo(total: int = 200) -> int:
             for name in PROVIDERS:  # leftovers of an interrupted demo would muddle the figures
                 connection.default_channel.client.delete(f"integrations.{name}")
         console.print("[bold]integrations demo[/]")
-        console.print(f"  redis     {redis_url}" + ("  (private redis-server, stopped at the end)" if private else ""))
+        console.print(
+            f"  redis     {redis_url}" + ("  (private redis-server, stopped at the end)" if private else "")
+        )
         console.print(f"  ledger    {database_url}")
         console.print(f"  provider  simulator at {simulator.url}, playing {', '.join(PROVIDERS)}")
         worker = stack.enter_context(worker_process(env, folder, app))
@@ -333,8 +353,13 @@ def run_demo(total: int = 200) -> int:
         stack.callback(ledger.engine.dispose)
 
         started = time.monotonic()
-        with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with Progress(
+            TextColumn("{task.description:<32}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             task = progress.add_task("sending", total=len(workload.messages))
             for wave in (1, 2):
                 send(app, workload.wave(wave))

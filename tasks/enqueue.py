@@ -10,7 +10,11 @@ def enqueue(record: OperationRecord) -> str:
     """Send ``record``'s operation again, with its key, payload and request id; returns the task id."""
     from config.celery_app import app  # the app loads the providers file: only when a message is sent
 
-    kwargs = {"payload": record.payload, "idempotency_key": record.idempotency_key, "request_id": record.request_id}
+    kwargs = {
+        "payload": record.payload,
+        "idempotency_key": record.idempotency_key,
+        "request_id": record.request_id,
+    }
     result = app.send_task(
         task_name(record.provider, record.operation), kwargs=kwargs, queue=queue_name(record.provider)
     )

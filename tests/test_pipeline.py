@@ -67,10 +67,21 @@ def test_success_returns_the_documented_result_and_records_it(
     assert isinstance(outcome, Done)
     result = outcome.result
     assert set(result) == {
-        "status", "provider", "operation", "idempotency_key", "operation_id", "attempts", "replayed", "response",
+        "status",
+        "provider",
+        "operation",
+        "idempotency_key",
+        "operation_id",
+        "attempts",
+        "replayed",
+        "response",
     }
     assert result["status"] == "succeeded"
-    assert (result["provider"], result["operation"], result["idempotency_key"]) == ("sim", "request", "order-1")
+    assert (result["provider"], result["operation"], result["idempotency_key"]) == (
+        "sim",
+        "request",
+        "order-1",
+    )
     assert (result["attempts"], result["replayed"]) == (1, False)
     assert result["response"]["status_code"] == 200
     assert result["response"]["body"]["json"] == {"amount": 100}
@@ -79,7 +90,11 @@ def test_success_returns_the_documented_result_and_records_it(
     assert call.headers["x-request-id"]  # generated, since the caller gave none
     record = runner.ledger.find("sim", "order-1")
     assert record is not None
-    assert (record.status, record.attempts, record.id) == (OperationStatus.SUCCEEDED, 1, result["operation_id"])
+    assert (record.status, record.attempts, record.id) == (
+        OperationStatus.SUCCEEDED,
+        1,
+        result["operation_id"],
+    )
     assert record.response == result["response"]
 
 
@@ -144,7 +159,9 @@ def test_retries_exhausted_ends_dead_with_the_last_error(
     assert len(simulator.calls(idempotency_key="order-5")) == 3
 
 
-def test_rejection_fails_at_once_with_status_and_body(runner: OperationRunner, simulator: ProviderSimulator) -> None:
+def test_rejection_fails_at_once_with_status_and_body(
+    runner: OperationRunner, simulator: ProviderSimulator
+) -> None:
     outcome = deliver(runner, "order-6", path="/charges?status=422")
     assert isinstance(outcome, Failed) and outcome.status is OperationStatus.FAILED
     assert outcome.error.type is ErrorType.PROVIDER_REJECTED
@@ -176,7 +193,9 @@ def test_retry_after_sets_the_earliest_next_attempt(
     assert record is not None and record.next_attempt_at is not None
     assert record.next_attempt_at >= start + timedelta(seconds=30)
     clock.advance(29)
-    assert isinstance(deliver(runner, "order-7", path="/charges?fail=1&fail_status=429&retry_after=30"), Defer)
+    assert isinstance(
+        deliver(runner, "order-7", path="/charges?fail=1&fail_status=429&retry_after=30"), Defer
+    )
     clock.advance(2)
     assert isinstance(deliver(runner, "order-7", path="/charges?fail=1&fail_status=429&retry_after=30"), Done)
     assert len(simulator.calls(idempotency_key="order-7")) == 2
@@ -221,7 +240,9 @@ def test_same_key_and_payload_after_success_replays_without_a_call(
 def test_same_key_other_payload_is_a_conflict(runner: OperationRunner, simulator: ProviderSimulator) -> None:
     assert isinstance(deliver(runner, "order-11"), Done)
     other = runner.run(
-        Delivery("request", {"payload": {"method": "POST", "path": "/refunds"}, "idempotency_key": "order-11"})
+        Delivery(
+            "request", {"payload": {"method": "POST", "path": "/refunds"}, "idempotency_key": "order-11"}
+        )
     )
     assert isinstance(other, Failed) and other.error.type is ErrorType.IDEMPOTENCY_CONFLICT
     assert "order-11" in other.error.message and "new key" in other.error.message
@@ -241,13 +262,23 @@ def test_same_key_other_payload_is_a_conflict(runner: OperationRunner, simulator
         ({"payload": "GET /x", "idempotency_key": "k-1"}, (), "payload"),
         ({"payload": {"method": "GET", "path": "/x"}, "idempotency_key": "k-2", "secret": "x"}, (), "secret"),
         ({"payload": {"method": "GET"}, "idempotency_key": "k-3"}, (), "payload.path"),
-        ({"payload": {"method": "GET", "path": "/x", "headers": {"Authorization": "Bearer x"}},
-          "idempotency_key": "k-4"}, (), "credentials"),
+        (
+            {
+                "payload": {"method": "GET", "path": "/x", "headers": {"Authorization": "Bearer x"}},
+                "idempotency_key": "k-4",
+            },
+            (),
+            "credentials",
+        ),
         ({}, ({"method": "GET", "path": "/x"},), "positional"),
     ],
 )
 def test_invalid_messages_fail_at_once_recorded_and_uncalled(
-    runner: OperationRunner, simulator: ProviderSimulator, kwargs: dict[str, Any], args: tuple[Any, ...], expected: str
+    runner: OperationRunner,
+    simulator: ProviderSimulator,
+    kwargs: dict[str, Any],
+    args: tuple[Any, ...],
+    expected: str,
 ) -> None:
     outcome = runner.run(Delivery("request", kwargs, args))
     assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
@@ -275,8 +306,12 @@ def test_an_attempt_in_flight_makes_duplicates_wait_then_a_lost_lease_is_taken_o
 ) -> None:
     payload = {"method": "POST", "path": "/charges", "json": {"amount": 100}}
     held = runner.ledger.start(
-        provider="sim", operation="request", idempotency_key="order-13",
-        fingerprint=fingerprint("request", payload), payload=payload, request_id="r-1",
+        provider="sim",
+        operation="request",
+        idempotency_key="order-13",
+        fingerprint=fingerprint("request", payload),
+        payload=payload,
+        request_id="r-1",
         lease=timedelta(seconds=runner.provider.lease_seconds),
     )
     assert held is not None  # another worker's attempt, which then dies

@@ -121,7 +121,11 @@ class Adapter:
         """Make one attempt; return the parsed response or raise an ``OperationError``."""
         spec = self.spec(operation)
         call = spec.build(self, payload)
-        headers = {**call.headers, self.idempotency_header: idempotency_key, self.request_id_header: request_id}
+        headers = {
+            **call.headers,
+            self.idempotency_header: idempotency_key,
+            self.request_id_header: request_id,
+        }
         where = self.where(operation)
         try:
             response = self.session.request(
@@ -189,7 +193,9 @@ def classify_http_response(where: str, response: requests.Response) -> Operation
             body=body,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
-    return ProviderRejected(f"{where}: provider rejected the request (HTTP {status})", status_code=status, body=body)
+    return ProviderRejected(
+        f"{where}: provider rejected the request (HTTP {status})", status_code=status, body=body
+    )
 
 
 def response_body(response: requests.Response) -> Any:

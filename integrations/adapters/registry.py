@@ -47,5 +47,7 @@ def resolve(providers: dict[str, ProviderSettings], source: str) -> dict[str, ty
                 f"(known: {known}; a plug-in registers more through the {ENTRY_POINT_GROUP!r} entry points)"
             ) from None
         except (ImportError, AttributeError, TypeError) as exc:
-            raise ConfigError(f"{source}: [providers.{name}] adapter {provider.adapter!r} cannot be loaded: {exc}") from exc
+            raise ConfigError(
+                f"{source}: [providers.{name}] adapter {provider.adapter!r} cannot be loaded: {exc}"
+            ) from exc
     return classes

@@ -121,7 +121,9 @@ class Ledger:
     # -- reads -----------------------------------------------------------------------------------
 
     def find(self, provider: str, idempotency_key: str) -> OperationRecord | None:
-        query = select(_table).where(_table.c.provider == provider, _table.c.idempotency_key == idempotency_key)
+        query = select(_table).where(
+            _table.c.provider == provider, _table.c.idempotency_key == idempotency_key
+        )
         with self._begin() as connection:
             row = connection.execute(query).mappings().first()
         return _record(row) if row else None
@@ -272,7 +274,9 @@ class Ledger:
         if record is None:
             raise LookupError(f"no operation {operation_id!r} in the ledger at {self.where}")
         if record.status not in (OperationStatus.FAILED, OperationStatus.DEAD):
-            raise ValueError(f"operation {operation_id} is {record.status.value}; only failed or dead ones replay")
+            raise ValueError(
+                f"operation {operation_id} is {record.status.value}; only failed or dead ones replay"
+            )
         if record.error and record.error.get("type") == "invalid_request":
             raise ValueError(
                 f"operation {operation_id} was an invalid request; the same message would fail again: "
@@ -296,7 +300,9 @@ class Ledger:
 
     def restore(self, before: OperationRecord, current: OperationRecord) -> None:
         """Put back ``before`` over ``current`` (undo a replay whose message could not be sent)."""
-        values = {k: v for k, v in _row_values(before).items() if k != "id"} | {"version": current.version + 1}
+        values = {k: v for k, v in _row_values(before).items() if k != "id"} | {
+            "version": current.version + 1
+        }
         self._compare_and_set(current, values)
 
     def prune(self, *, retention: timedelta, dead_letter_retention: timedelta) -> int:
@@ -314,7 +320,9 @@ class Ledger:
 
     def _compare_and_set(self, record: OperationRecord, values: dict[str, Any]) -> OperationRecord | None:
         statement = (
-            update(_table).where(_table.c.id == record.id, _table.c.version == record.version).values(**values)
+            update(_table)
+            .where(_table.c.id == record.id, _table.c.version == record.version)
+            .values(**values)
         )
         with self._begin() as connection:
             if connection.execute(statement).rowcount != 1:
@@ -364,4 +372,3 @@ def _record(row: Any) -> OperationRecord:
     values = dict(row)
     values["status"] = OperationStatus(values["status"])
     return OperationRecord(**values)
-

@@ -23,7 +23,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        with closing(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)) as client:
+        with closing(
+            redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        ) as client:
             return bool(client.ping())
     except (redis.RedisError, OSError, ValueError):
         return False
@@ -60,9 +62,26 @@ def private_redis(startup_timeout: float = 10.0) -> Iterator[str]:
     binary = redis_server_binary()
     folder = tempfile.mkdtemp(prefix="integrations-redis-")
     port = _free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", folder, "--daemonize", "no", "--logfile", os.path.join(folder, "redis.log")]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        folder,
+        "--daemonize",
+        "no",
+        "--logfile",
+        os.path.join(folder, "redis.log"),
+    ]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"redis://127.0.0.1:{port}/0"
     try:
         deadline = time.monotonic() + startup_timeout

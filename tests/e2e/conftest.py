@@ -66,7 +66,9 @@ class Worker:
     ledger: Ledger
     log: Path
 
-    def send(self, key: str | None, payload: dict[str, Any], provider: str = "sim", **kwargs: Any) -> AsyncResult:
+    def send(
+        self, key: str | None, payload: dict[str, Any], provider: str = "sim", **kwargs: Any
+    ) -> AsyncResult:
         message: dict[str, Any] = {"payload": payload, **kwargs}
         if key is not None:
             message["idempotency_key"] = key
@@ -79,19 +81,39 @@ class Worker:
         return [int(pid) for pid in out.stdout.split()]
 
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        return (
+            "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        )
 
 
 def start_worker(env: dict[str, str], node: str, log: Path, queues: str) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "-Q", queues, "-c", "2",
-        "-n", node, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
-        "--logfile", str(log),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        "2",
+        "-n",
+        node,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "INFO",
+        "--logfile",
+        str(log),
     ]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
 
 
-def wait_ready(app: Celery, node: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+def wait_ready(
+    app: Celery, node: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -140,7 +162,9 @@ def worker(
     node = f"e2e-{request.param}-{uuid.uuid4().hex[:6]}@localhost"
     log = folder / "worker.log"
     app = Celery("client", broker=redis_url, backend=redis_url)
-    app.conf.update(accept_content=["json"], result_accept_content=["json"], broker_connection_retry_on_startup=True)
+    app.conf.update(
+        accept_content=["json"], result_accept_content=["json"], broker_connection_retry_on_startup=True
+    )
     app.backend.client.flushdb()
     process = start_worker(env, node, log, "integrations.sim,integrations.down")
     ledger = Ledger.connect(database)

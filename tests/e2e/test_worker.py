@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
+from celery.result import AsyncResult
 from kombu import Connection, Exchange, Queue
 
 from integrations.ledger.models import OperationStatus
@@ -20,7 +24,9 @@ TIMEOUT = 30
 
 def test_an_operation_succeeds_with_the_documented_result(worker: Worker, sim: ProviderSimulator) -> None:
     key = unique("pay")
-    result = worker.send(key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 1200}}, request_id="rq-1")
+    result = worker.send(
+        key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 1200}}, request_id="rq-1"
+    )
     value = result.get(timeout=TIMEOUT)
     assert result.state == "SUCCESS"
     assert value["status"] == "succeeded" and value["replayed"] is False and value["attempts"] == 1
@@ -48,7 +54,9 @@ def test_retry_after_holds_the_next_attempt_back(worker: Worker, sim: ProviderSi
     assert result.get(timeout=TIMEOUT)["attempts"] == 2
     first, second = sim.calls(idempotency_key=key)
     assert first.status == 429 and second.status == 200
-    assert second.received_at - first.received_at >= 2.0  # the provider's earliest time, not the 0.2 s backoff cap
+    assert (
+        second.received_at - first.received_at >= 2.0
+    )  # the provider's earliest time, not the 0.2 s backoff cap
 
 
 def test_a_rejection_fails_once_and_the_ledger_has_the_detail(worker: Worker, sim: ProviderSimulator) -> None:
@@ -87,7 +95,9 @@ def test_an_invalid_message_is_recorded_and_never_sent(worker: Worker, sim: Prov
     assert record is not None and record.error is not None and record.error["type"] == "invalid_request"
 
 
-def test_duplicates_sent_at_once_make_one_call_and_share_its_outcome(worker: Worker, sim: ProviderSimulator) -> None:
+def test_duplicates_sent_at_once_make_one_call_and_share_its_outcome(
+    worker: Worker, sim: ProviderSimulator
+) -> None:
     key = unique("dup")
     payload = {"method": "POST", "path": "/v1/payments?delay=0.5", "json": {"amount": 5}}
     results = [worker.send(key, payload) for _ in range(12)]
@@ -102,7 +112,9 @@ def test_same_key_with_another_payload_is_a_conflict(worker: Worker, sim: Provid
     key = unique("conf")
     worker.send(key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 1}}).get(timeout=TIMEOUT)
     with pytest.raises(Exception, match=r"^idempotency_conflict: "):
-        worker.send(key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 2}}).get(timeout=TIMEOUT)
+        worker.send(key, {"method": "POST", "path": "/v1/payments", "json": {"amount": 2}}).get(
+            timeout=TIMEOUT
+        )
     assert len(sim.calls(idempotency_key=key)) == 1
 
 
@@ -118,7 +130,13 @@ def test_a_pickled_message_is_refused(worker: Worker, sim: ProviderSimulator, re
             exchange=queue.exchange,
             routing_key="integrations.sim",
             declare=[queue],
-            headers={"lang": "py", "task": "integrations.sim.request", "id": key, "argsrepr": "", "kwargsrepr": ""},
+            headers={
+                "lang": "py",
+                "task": "integrations.sim.request",
+                "id": key,
+                "argsrepr": "",
+                "kwargsrepr": "",
+            },
         )
     client = redis.Redis.from_url(broker)
     deadline = time.monotonic() + TIMEOUT
@@ -159,3 +177,25 @@ def test_many_operations_in_parallel_all_end_recorded(worker: Worker, sim: Provi
     for key in keys:
         record = worker.ledger.find("sim", key)
         assert record is not None and record.status is OperationStatus.SUCCEEDED
+
+
+def test_a_dead_letter_replayed_from_the_cli_succeeds(worker: Worker, sim: ProviderSimulator) -> None:
+    key = unique("replay")
+    sim.set_outage(503)
+    with pytest.raises(Exception, match=r"^retries_exhausted: "):
+        worker.send(key, {"method": "POST", "path": "/v1/payments"}).get(timeout=TIMEOUT)
+    sim.set_outage(None)
+    record = worker.ledger.find("sim", key)
+    assert record is not None and record.status is OperationStatus.DEAD and record.attempts == 3
+
+    cli = Path(sys.executable).with_name("integrations")
+    out = subprocess.run(
+        [str(cli), "dlq", "replay", record.id], env=worker.env, capture_output=True, text=True, check=True
+    ).stdout
+    task_id = out.rsplit("as task ", 1)[1].strip()
+    value = AsyncResult(task_id, app=worker.app).get(timeout=TIMEOUT)
+    assert value["status"] == "succeeded" and value["operation_id"] == record.id and value["attempts"] == 1
+    replayed = worker.ledger.get(record.id)
+    assert replayed is not None and replayed.status is OperationStatus.SUCCEEDED and replayed.replays == 1
+    calls = sim.calls(idempotency_key=key)
+    assert [c.status for c in calls] == [503, 503, 503, 200]

@@ -1,0 +1,75 @@
+"""The Celery application as configured: the settings the issue of reliability rests on, and the tasks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from celery import Celery
+
+from config.celery_settings import VISIBILITY_TIMEOUT, celery_config
+from config.settings import Settings
+from integrations.providers import MAX_COUNTDOWN
+from tasks import register_tasks
+
+
+def app_for(providers: Path) -> Celery:
+    settings = Settings(INTEGRATIONS_PROVIDERS_FILE=providers, REDIS_URL="redis://127.0.0.1:6379/13")
+    app = Celery("test")
+    app.conf.update(celery_config(settings))
+    register_tasks(app, settings)
+    return app
+
+
+def test_reliability_settings() -> None:
+    conf = celery_config(Settings(REDIS_URL="redis://127.0.0.1:6379/13"))
+    assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
+    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["worker_send_task_events"] is True and conf["task_send_sent_event"] is True
+    # the longest countdown plus the longest attempt (timeout is capped at 300 s; lease = 3 x timeout + 5)
+    assert (
+        conf["broker_transport_options"]["visibility_timeout"]
+        == VISIBILITY_TIMEOUT
+        > MAX_COUNTDOWN + 3 * 300 + 5
+    )
+
+
+def test_broker_defaults_to_redis_url_and_can_be_another() -> None:
+    assert celery_config(Settings(REDIS_URL="redis://r:6379/2"))["broker_url"] == "redis://r:6379/2"
+    other = Settings(REDIS_URL="redis://r:6379/2", BROKER_URL="amqp://guest:guest@127.0.0.1:5672//")
+    assert celery_config(other)["broker_url"].startswith("amqp://")
+    assert celery_config(other)["result_backend"] == "redis://r:6379/2"
+
+
+def test_a_task_per_provider_operation_routed_to_its_queue(tmp_path: Path) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        '[providers.pay-eu]\nadapter = "http"\nbase_url = "https://a.example"\n'
+        '[providers.mail]\nadapter = "http"\nbase_url = "https://b.example"\n'
+    )
+    app = app_for(providers)
+    assert {"integrations.pay-eu.request", "integrations.mail.request"} <= set(app.tasks)
+    assert app.conf.task_routes["integrations.pay-eu.request"] == {"queue": "integrations.pay-eu"}
+    assert app.conf.task_routes["integrations.mail.request"] == {"queue": "integrations.mail"}
+    assert app.tasks["integrations.mail.request"].acks_late is True
+
+
+def test_the_core_imports_no_celery() -> None:
+    modules = [
+        "integrations.pipeline",
+        "integrations.runtime",
+        "integrations.cli",
+        "integrations.adapters.http",
+        "integrations.adapters.registry",
+        "integrations.ledger.store",
+        "integrations.ledger.schema",
+        "integrations.resilience.backoff",
+        "integrations.resilience.idempotency",
+        "integrations.providers",
+    ]
+    code = f"import sys; [__import__(m) for m in {modules!r}]; print(sorted({{'celery', 'kombu'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,158 @@
+"""The operator CLI against a real ledger: what `integrations ...` prints and how it fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from integrations.cli import main
+from integrations.errors import ConfigError, ErrorInfo, ErrorType
+from integrations.ledger.models import OperationStatus
+from integrations.ledger.store import Ledger, OperationRecord
+from tasks.registry import check_schema
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> Result:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def started(ledger: Ledger, key: str, provider: str = "acme") -> OperationRecord:
+    record = ledger.start(
+        provider=provider,
+        operation="request",
+        idempotency_key=key,
+        fingerprint=key,
+        payload={"method": "POST", "path": "/x"},
+        request_id=f"req-{key}",
+        lease=timedelta(seconds=30),
+    )
+    assert record is not None
+    return record
+
+
+def test_db_upgrade_creates_the_schema_a_worker_checks_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    with pytest.raises(ConfigError, match="integrations db upgrade"):
+        check_schema(url)
+    result = invoke(monkeypatch, {"DATABASE_URL": url}, "db", "upgrade")
+    assert result.exit_code == 0
+    assert "ledger schema at revision 0001" in result.output
+    check_schema(url)  # a worker would now start
+
+
+def test_ops_show_prints_the_ledger_record(
+    ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = started(ledger, "order-1")
+    error = ErrorInfo(
+        type=ErrorType.PROVIDER_REJECTED, message="HTTP 422", status_code=422, body={"e": "bad"}
+    )
+    assert ledger.finish(record, OperationStatus.FAILED, error=error) is not None
+    result = invoke(
+        monkeypatch, {"DATABASE_URL": ledger_url}, "ops", "show", "order-1", "--provider", "acme", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["operation_id"] == record.id
+    assert (shown["status"], shown["attempts"]) == ("failed", 1)
+    assert shown["error"] == {
+        "type": "provider_rejected",
+        "message": "HTTP 422",
+        "status_code": 422,
+        "body": {"e": "bad"},
+    }
+    assert shown["response"] is None
+    for stamp in ("created_at", "updated_at", "started_at", "finished_at"):
+        assert shown[stamp].endswith("+00:00")
+    human = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "ops", "show", "order-1", "--provider", "acme")
+    assert "provider_rejected" in human.output and record.id in human.output
+
+
+def test_ops_show_of_an_unknown_key_says_so(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "ops", "show", "nope", "--provider", "acme")
+    assert result.exit_code == 1
+    assert "'nope'" in result.output and "'acme'" in result.output
+
+
+def test_dlq_list_shows_failed_and_dead_only(
+    ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok = started(ledger, "ok-1")
+    ledger.finish(ok, OperationStatus.SUCCEEDED, response={"status_code": 200})
+    rejected = started(ledger, "rejected-1")
+    ledger.finish(
+        rejected, OperationStatus.FAILED, error=ErrorInfo(type=ErrorType.PROVIDER_REJECTED, message="no")
+    )
+    dead = started(ledger, "dead-1", provider="other")
+    ledger.finish(
+        dead, OperationStatus.DEAD, error=ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up")
+    )
+    started(ledger, "running-1")
+
+    result = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "list", "--json")
+    letters = json.loads(result.output)
+    assert {letter["idempotency_key"] for letter in letters} == {"rejected-1", "dead-1"}
+    for letter in letters:
+        assert set(letter) >= {"operation_id", "provider", "operation", "idempotency_key", "error"}
+    only_other = json.loads(
+        invoke(
+            monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "list", "--provider", "other", "--json"
+        ).output
+    )
+    assert [letter["operation_id"] for letter in only_other] == [dead.id]
+    human = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "list")
+    assert "retries_exhausted: gave up" in human.output and "2 dead letter(s)" in human.output
+
+
+def test_dlq_replay_refuses_what_cannot_be_replayed(
+    ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok = started(ledger, "ok-2")
+    ledger.finish(ok, OperationStatus.SUCCEEDED, response={})
+    result = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "replay", ok.id)
+    assert result.exit_code == 1 and "only failed or dead ones replay" in result.output
+    missing = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "replay", "no-such-id")
+    assert missing.exit_code == 1 and "no operation 'no-such-id'" in missing.output
+
+
+def test_providers_lists_tasks_and_queues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[providers.acme]\nadapter = "http"\nbase_url = "https://api.acme.example"\n')
+    result = invoke(monkeypatch, {"INTEGRATIONS_PROVIDERS_FILE": str(providers)}, "providers", "--json")
+    [row] = json.loads(result.output)
+    assert (row["provider"], row["queue"], row["tasks"]) == (
+        "acme",
+        "integrations.acme",
+        ["integrations.acme.request"],
+    )
+
+
+def test_a_bad_providers_file_is_named_with_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        '[providers.acme]\nadapter = "http"\nbase_url = "https://a.example"\nrate_limit = "fast"\n'
+    )
+    result = invoke(monkeypatch, {"INTEGRATIONS_PROVIDERS_FILE": str(providers)}, "providers")
+    assert result.exit_code == 1
+    assert (
+        str(providers) in result.output
+        and "[providers.acme]" in result.output
+        and "rate_limit" in result.output
+    )
+
+
+def test_the_console_script_is_installed() -> None:
+    binary = Path(sys.executable).with_name("integrations")
+    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("db", "ops", "dlq", "providers", "demo"):
+        assert command in out
