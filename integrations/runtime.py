@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import requests
@@ -25,6 +26,8 @@ class Runtime:
     providers: dict[str, ProviderSettings]
     adapter_classes: dict[str, type[Adapter]]
     database_url: str
+    retention: timedelta = timedelta(days=7)
+    dead_letter_retention: timedelta = timedelta(days=30)
     pid: int = field(default_factory=os.getpid)
     _session: requests.Session | None = None
     _ledger: Ledger | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from celery import Celery
 
@@ -15,9 +14,16 @@ PRUNE_TASK = "integrations.maintenance.prune_ledger"
 MAINTENANCE_QUEUE = "integrations.maintenance"
 
 
-def register_maintenance(app: Celery, retention: timedelta, dead_letter_retention: timedelta) -> None:
-    @app.task(name=PRUNE_TASK)  # type: ignore[untyped-decorator]
-    def prune_ledger() -> int:
-        deleted = runtime().ledger.prune(retention=retention, dead_letter_retention=dead_letter_retention)
-        log.info("pruned %d ledger records past retention", deleted)
-        return deleted
+def prune_ledger() -> int:
+    """Delete ended operations past their retention; returns how many went."""
+    current = runtime()
+    deleted = current.ledger.prune(
+        retention=current.retention, dead_letter_retention=current.dead_letter_retention
+    )
+    log.info("pruned %d ledger records past retention", deleted)
+    return deleted
+
+
+def register_maintenance(app: Celery) -> None:
+    app.task(name=PRUNE_TASK)(prune_ledger)
+    app.conf.beat_schedule = {"prune-ledger": {"task": PRUNE_TASK, "schedule": 3600.0}}

@@ -20,7 +20,15 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     """Register every operation task and route it to ``integrations.<provider>``; returns the runtime
     built from the providers file (a bad file raises ``ConfigError`` here, before a worker starts)."""
     loaded = Runtime.load(settings.providers_file, settings.database_url)
-    configure_runtime(lambda: Runtime(loaded.providers, loaded.adapter_classes, settings.database_url))
+    configure_runtime(
+        lambda: Runtime(
+            loaded.providers,
+            loaded.adapter_classes,
+            settings.database_url,
+            retention=settings.retention,
+            dead_letter_retention=settings.dead_letter_retention,
+        )
+    )
     routes: dict[str, dict[str, str]] = {PRUNE_TASK: {"queue": MAINTENANCE_QUEUE}}
     for name, provider in loaded.providers.items():
         for operation in loaded.adapter_classes[name].operations:
@@ -28,10 +36,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             register_operation(app, name, operation, task_name)
             routes[task_name] = {"queue": provider.queue}
     app.conf.task_routes = routes
-    register_maintenance(app, settings.retention, settings.dead_letter_retention)
-    app.conf.beat_schedule = {
-        "prune-ledger": {"task": PRUNE_TASK, "schedule": 3600.0},
-    }
+    register_maintenance(app)
 
     @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _check_ledger_schema(**_: Any) -> None:

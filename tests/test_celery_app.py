@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from celery import Celery
 
 from config.celery_settings import VISIBILITY_TIMEOUT, celery_config
 from config.settings import Settings
+from integrations.ledger import schema
+from integrations.ledger.models import OperationStatus
+from integrations.ledger.store import Ledger
 from integrations.providers import MAX_COUNTDOWN
 from tasks import register_tasks
+from tasks.maintenance import PRUNE_TASK
 
 
 def app_for(providers: Path) -> Celery:
@@ -73,3 +78,31 @@ def test_the_core_imports_no_celery() -> None:
     code = f"import sys; [__import__(m) for m in {modules!r}]; print(sorted({{'celery', 'kombu'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_maintenance_task_prunes_the_ledger_past_retention(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    schema.upgrade(database)
+    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
+    old = Ledger.connect(database, clock=lambda: eight_days_ago)
+    fresh = Ledger.connect(database)
+    for ledger, key in ((old, "old"), (fresh, "fresh")):
+        record = ledger.start(
+            provider="acme",
+            operation="request",
+            idempotency_key=key,
+            fingerprint=key,
+            payload={},
+            request_id=key,
+            lease=timedelta(seconds=30),
+        )
+        assert record is not None and ledger.finish(record, OperationStatus.SUCCEEDED, response={})
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[providers.acme]\nadapter = "http"\nbase_url = "https://a.example"\n')
+    settings = Settings(INTEGRATIONS_PROVIDERS_FILE=providers, DATABASE_URL=database)
+    app = Celery("test")
+    app.conf.update(celery_config(settings))
+    register_tasks(app, settings)
+    assert app.conf.beat_schedule["prune-ledger"]["task"] == PRUNE_TASK
+    assert app.tasks[PRUNE_TASK]() == 1
+    assert fresh.find("acme", "old") is None and fresh.find("acme", "fresh") is not None
