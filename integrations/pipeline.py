@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from integrations.adapters.base import Adapter
+from integrations.adapters.base import Adapter, redact_credentials
 from integrations.errors import (
     ErrorInfo,
     ErrorType,
@@ -341,7 +341,8 @@ class OperationRunner:
         key = kwargs.get("idempotency_key")
         valid_key = isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()
         request_id = kwargs.get("request_id")
-        payload = kwargs.get("payload")
+        # A refused message may carry what must not be kept (a credential header): it is stored redacted.
+        payload = redact_credentials(kwargs.get("payload"))
         record = self.ledger.record_invalid(
             provider=self.provider.name,
             operation=delivery.operation,

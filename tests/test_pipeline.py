@@ -3,6 +3,7 @@ an injected clock so backoff and leases are crossed without waiting."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import event
 
 from integrations.adapters.http import HttpAdapter
 from integrations.errors import ErrorType
@@ -354,3 +356,32 @@ def test_an_unmigrated_ledger_defers_without_calling(
     outcome = deliver(runner, "order-15")
     assert isinstance(outcome, Defer) and outcome.reason == "ledger_unavailable"
     assert simulator.calls() == []
+
+
+def test_a_refused_credential_is_not_kept_in_the_ledger(
+    runner: OperationRunner, simulator: ProviderSimulator
+) -> None:
+    canary = "sk_live_canary_7f3a9"
+    payload = {"method": "POST", "path": "/x", "headers": {"X-Api-Key": canary, "Accept": "application/json"}}
+    outcome = runner.run(Delivery("request", {"payload": payload, "idempotency_key": "order-16"}))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert canary not in outcome.message
+    record = runner.ledger.find("sim", "order-16")
+    assert record is not None
+    assert record.payload["headers"] == {"X-Api-Key": "[redacted]", "Accept": "application/json"}
+    assert canary not in json.dumps(record.to_json(), default=str)
+    assert simulator.calls() == []
+
+
+def test_a_success_costs_one_ledger_read_and_two_writes(runner: OperationRunner) -> None:
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(runner.ledger.engine, "before_cursor_execute", count)
+    try:
+        assert isinstance(deliver(runner, "order-17"), Done)
+    finally:
+        event.remove(runner.ledger.engine, "before_cursor_execute", count)
+    assert sorted(statements) == ["INSERT", "SELECT", "UPDATE"]

@@ -210,6 +210,20 @@ def response_body(response: requests.Response) -> Any:
     return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS] + "…"
 
 
+def redact_credentials(value: Any) -> Any:
+    """A copy of ``value`` with credential headers' values replaced, for recording a refused message."""
+    if isinstance(value, dict):
+        return {
+            key: "[redacted]"
+            if isinstance(key, str) and key.lower() in CREDENTIAL_HEADERS
+            else redact_credentials(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_credentials(item) for item in value]
+    return value
+
+
 def check_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """Refuse payload headers that the worker owns or that would carry credentials."""
     for name in headers:
