@@ -61,7 +61,6 @@ class Delivery:
     operation: str
     kwargs: Mapping[str, Any]
     args: Sequence[Any] = ()
-    message_id: str | None = None
     redeliveries: int = 0  # how often this message was already put back (deferred or retried)
 
 

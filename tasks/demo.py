@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -34,6 +29,7 @@ from integrations.ledger import schema
 from integrations.ledger.store import Ledger
 from integrations.testing.provider import ProviderSimulator
 from integrations.testing.redis_server import redis_for
+from tasks.worker import running_worker
 
 console = Console()
 
@@ -166,41 +162,6 @@ def providers_toml(simulator_url: str) -> str:
             f"[providers.{name}.retry]\nmax_attempts = 4\nbackoff_base = 0.2\nbackoff_max = 2.0\n"
         )
     return "\n".join(tables)
-
-
-@contextmanager
-def worker_process(env: dict[str, str], folder: Path, app: Celery) -> Iterator[list[str]]:
-    node = f"demo-{uuid.uuid4().hex[:6]}@localhost"
-    queues = ",".join(f"integrations.{name}" for name in PROVIDERS)
-    command = ["celery", "-A", "config.celery_app", "worker", "-Q", queues, "-c", "2"]
-    options = ["-n", node, "--without-gossip", "--without-mingle", "-l", "WARNING"]
-    log_path = folder / "worker.log"
-    with log_path.open("wb") as log:
-        # Run from the scratch folder: celery puts the working directory first on sys.path, and a stray
-        # "tasks" or "config" folder there would shadow the installed packages.
-        process = subprocess.Popen(
-            [sys.executable, "-m", *command, *options],
-            env=env,
-            cwd=folder,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not app.control.ping(destination=[node], timeout=0.5):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the demo worker did not start:\n{log_path.read_text(errors='replace')[-3000:]}"
-                    )
-            yield command
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def outcome_of(result: AsyncResult) -> str:
@@ -347,8 +308,9 @@ def run_demo(total: int = 200) -> int:
         )
         console.print(f"  ledger    {database_url}")
         console.print(f"  provider  simulator at {simulator.url}, playing {', '.join(PROVIDERS)}")
-        worker = stack.enter_context(worker_process(env, folder, app))
-        console.print(f"  worker    {' '.join(worker)}")
+        queues = [f"integrations.{name}" for name in PROVIDERS]
+        worker = stack.enter_context(running_worker(app, env, queues, folder))
+        console.print(f"  worker    {' '.join(worker.command)}")
         ledger = Ledger.connect(database_url)
         stack.callback(ledger.engine.dispose)
 

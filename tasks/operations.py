@@ -56,7 +56,6 @@ def register_operation(app: Celery, provider: str, operation: str, name: str) ->
             operation=operation,
             kwargs=kwargs,
             args=args,
-            message_id=self.request.id,
             redeliveries=self.request.retries or 0,
         )
         return conclude(self, runtime().runner(provider).run(delivery))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -156,3 +157,19 @@ def test_the_console_script_is_installed() -> None:
     out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("db", "ops", "dlq", "providers", "demo"):
         assert command in out
+
+
+def test_dlq_replay_leaves_the_dead_letter_as_it_was_when_the_broker_is_down(
+    ledger: Ledger, ledger_url: str
+) -> None:
+    record = started(ledger, "dead-2")
+    error = ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up")
+    assert ledger.finish(record, OperationStatus.DEAD, error=error) is not None
+    env = dict(os.environ, DATABASE_URL=ledger_url, BROKER_URL="redis://127.0.0.1:1/0")
+    binary = Path(sys.executable).with_name("integrations")
+    done = subprocess.run([str(binary), "dlq", "replay", record.id], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert f"could not enqueue operation {record.id}, left as it was" in done.stderr
+    after = ledger.get(record.id)
+    assert after is not None and (after.status, after.attempts, after.replays) == (OperationStatus.DEAD, 1, 0)
+    assert after.error == error.model_dump(mode="json")

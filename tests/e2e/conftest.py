@@ -4,15 +4,10 @@ nothing of this project (as an application would), against the provider simulato
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +17,8 @@ from celery.result import AsyncResult
 from integrations.ledger import schema
 from integrations.ledger.store import Ledger
 from integrations.testing.provider import ProviderSimulator
+from tasks.worker import WorkerProcess, running_worker
 from tests.conftest import TEST_REDIS_DB, with_redis_db
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def closed_port() -> int:
@@ -59,12 +53,10 @@ backoff_max = 0.1
 class Worker:
     """A running ``celery worker`` and what a test needs to talk to it."""
 
-    process: subprocess.Popen[bytes]
-    node: str
+    process: WorkerProcess
     env: dict[str, str]
     app: Celery
     ledger: Ledger
-    log: Path
 
     def send(
         self, key: str | None, payload: dict[str, Any], provider: str = "sim", **kwargs: Any
@@ -75,62 +67,6 @@ class Worker:
         return self.app.send_task(
             f"integrations.{provider}.request", kwargs=message, queue=f"integrations.{provider}"
         )
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
-        return [int(pid) for pid in out.stdout.split()]
-
-    def log_tail(self, lines: int = 60) -> str:
-        return (
-            "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
-        )
-
-
-def start_worker(env: dict[str, str], node: str, log: Path, queues: str) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config.celery_app",
-        "worker",
-        "-Q",
-        queues,
-        "-c",
-        "2",
-        "-n",
-        node,
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-l",
-        "INFO",
-        "--logfile",
-        str(log),
-    ]
-    return subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
-
-
-def wait_ready(
-    app: Celery, node: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"worker exited with {process.returncode}:\n{tail}")
-        if app.control.ping(destination=[node], timeout=0.5):
-            return
-    raise RuntimeError(f"worker {node} did not answer a ping within {timeout}s")
-
-
-def stop_worker(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -159,20 +95,18 @@ def worker(
         PYTHONUNBUFFERED="1",
     )
     env.pop("BROKER_URL", None)
-    node = f"e2e-{request.param}-{uuid.uuid4().hex[:6]}@localhost"
-    log = folder / "worker.log"
     app = Celery("client", broker=redis_url, backend=redis_url)
     app.conf.update(
         accept_content=["json"], result_accept_content=["json"], broker_connection_retry_on_startup=True
     )
     app.backend.client.flushdb()
-    process = start_worker(env, node, log, "integrations.sim,integrations.down")
     ledger = Ledger.connect(database)
     try:
-        wait_ready(app, node, process, log)
-        yield Worker(process, node, env, app, ledger, log)
+        with running_worker(
+            app, env, ["integrations.sim", "integrations.down"], folder, loglevel="INFO"
+        ) as process:
+            yield Worker(process, env, app, ledger)
     finally:
-        stop_worker(process)
         ledger.engine.dispose()
         app.backend.client.flushdb()
         app.close()

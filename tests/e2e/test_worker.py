@@ -147,7 +147,10 @@ def test_a_pickled_message_is_refused(worker: Worker, sim: ProviderSimulator, re
     worker.send(unique("after"), {"method": "GET", "path": "/v1/after"}).get(timeout=TIMEOUT)
     assert sim.calls(path="/v1/pickled") == []
     assert worker.ledger.find("sim", key) is None
-    assert "ContentDisallowed" in worker.log.read_text() or "disallowed" in worker.log.read_text().lower()
+    assert (
+        "ContentDisallowed" in worker.process.log.read_text()
+        or "disallowed" in worker.process.log.read_text().lower()
+    )
     client.close()
 
 
@@ -158,7 +161,7 @@ def test_a_killed_worker_process_gives_its_message_back(worker: Worker, sim: Pro
     while not sim.calls(idempotency_key=key):
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    for pid in worker.children():  # the call is in flight in one of them
+    for pid in worker.process.children():  # the call is in flight in one of them
         os.kill(pid, signal.SIGKILL)
     value = result.get(timeout=60)
     assert value["status"] == "succeeded"
