@@ -29,7 +29,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Take one message at a time, so a slow provider's messages do not queue behind a busy process.
         "worker_prefetch_multiplier": 1,
-        # Task events on, so Flower sees every task from sending to its end.
+        # Task events on, so Flower sees every task from its receipt to its end. "sent" events come from
+        # whoever sends: here, the retries the workers send; applications set it on their own app.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},

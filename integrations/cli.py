@@ -157,8 +157,14 @@ def dlq_replay(operation_id: str) -> None:
         try:
             task_id = enqueue(queued)
         except Exception as exc:
-            ledger.restore(before, queued)
-            raise ConfigError(f"could not enqueue operation {operation_id}, left as it was: {exc}") from exc
+            if ledger.restore(before, queued):
+                raise ConfigError(
+                    f"could not enqueue operation {operation_id}, left as it was: {exc}"
+                ) from exc
+            raise ConfigError(
+                f"could not enqueue operation {operation_id} ({exc}), and it changed meanwhile: "
+                f"see `integrations ops show {queued.idempotency_key} --provider {queued.provider}`"
+            ) from exc
     click.echo(
         f"replaying {queued.provider}.{queued.operation} key={queued.idempotency_key} "
         f"operation_id={operation_id} as task {task_id}"

@@ -24,6 +24,7 @@ from integrations.errors import (
     InvalidRequest,
     LedgerUnavailable,
     OperationError,
+    TransientError,
 )
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Clock, Ledger, OperationRecord, utcnow
@@ -34,6 +35,7 @@ from integrations.resilience.backoff import ExponentialBackoff, next_delay
 log = logging.getLogger("integrations.operations")
 
 MAX_KEY_LENGTH = 255
+MAX_INTERNAL_ERROR_REDELIVERIES = 5
 
 
 def _printable(value: str | None) -> str | None:
@@ -138,6 +140,9 @@ class OperationRunner:
     ledger: Ledger
     clock: Clock = utcnow
     guards: Sequence[Guard] = ()
+    # Exceptions by which the host interrupts an attempt that runs too long (Celery's soft time limit):
+    # such an attempt counts as timed out and is retried.
+    interrupts: tuple[type[Exception], ...] = ()
     backoff: ExponentialBackoff = field(init=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +158,16 @@ class OperationRunner:
                 "%s: ledger unavailable, message put back for %.1fs: %s", self.where(delivery), delay, exc
             )
             return Defer(delay, "ledger_unavailable")
+        except Exception as exc:
+            # A bug must not lose the message: it is put back a few times (the fault may pass), then the
+            # operation ends failed with the fault named; the traceback is in the worker's log.
+            log.exception(
+                "%s: internal error on delivery %d", self.where(delivery), delivery.redeliveries + 1
+            )
+            if delivery.redeliveries < MAX_INTERNAL_ERROR_REDELIVERIES:
+                return Defer(poll_delay(delivery.redeliveries + 2), "internal_error")
+            message = f"{self.where(delivery)}: internal error: {type(exc).__name__}; see the worker's log"
+            return Failed(OperationStatus.FAILED, ErrorInfo(type=ErrorType.INTERNAL_ERROR, message=message))
 
     def where(self, delivery: Delivery) -> str:
         return f"{self.provider.name}.{delivery.operation}"
@@ -168,13 +183,20 @@ class OperationRunner:
         claimed: OperationRecord | None = None
         for _ in range(3):  # a claim lost to another worker re-reads the row and decides again
             record = self.ledger.find(self.provider.name, message.idempotency_key)
-            decision = idempotency.decide(record, request_fingerprint, self.clock())
+            decision = idempotency.decide(
+                record, request_fingerprint, self.clock(), max_attempts=self.provider.retry.max_attempts
+            )
             if isinstance(decision, idempotency.Replay):
                 return self._replay(decision.record)
             if isinstance(decision, idempotency.Conflict):
                 return self._conflict(delivery, message, decision.record)
             if isinstance(decision, idempotency.Wait):
                 return self._wait(delivery, decision)
+            if isinstance(decision, idempotency.Exhausted):
+                ended = self._lost_last_attempt(decision.record)
+                if ended is None:
+                    continue
+                return ended
             attempt = Attempt(self.provider, delivery.operation, payload, message.idempotency_key)
             for guard in self.guards:
                 deferral = guard.admit(attempt)
@@ -210,7 +232,7 @@ class OperationRunner:
                 "kwargs={'payload': ..., 'idempotency_key': ..., 'request_id': ...}"
             )
         try:
-            return OperationMessage.model_validate(dict(delivery.kwargs))
+            message = OperationMessage.model_validate(dict(delivery.kwargs))
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(kwargs)'}: "
@@ -222,6 +244,12 @@ class OperationRunner:
                 for e in exc.errors()
             )
             raise InvalidRequest(f"{self.where(delivery)}: {problems}") from None
+        if _has_nul(message.payload):
+            raise InvalidRequest(
+                f"{self.where(delivery)}: payload contains a NUL character (\\u0000), which the ledger "
+                "cannot store; remove it"
+            )
+        return message
 
     def _attempt(self, attempt: Attempt, claimed: OperationRecord) -> Outcome:
         assert claimed.idempotency_key is not None and claimed.request_id is not None
@@ -237,6 +265,12 @@ class OperationRunner:
             )
         except OperationError as exc:
             error = exc
+        except self.interrupts as exc:
+            error = TransientError(
+                f"{self.provider.name}.{attempt.operation}: the attempt ran past its time limit "
+                f"({type(exc).__name__})",
+                error_type=ErrorType.TIMEOUT,
+            )
         except Exception as exc:  # an adapter bug must end as a dead letter, not vanish with the message
             log.exception("%s.%s: adapter raised unexpectedly", self.provider.name, attempt.operation)
             error = OperationError(f"{self.provider.name}.{attempt.operation}: adapter error: {exc!r}")
@@ -246,7 +280,9 @@ class OperationRunner:
         if error is None:
             assert response is not None
             finished = self.ledger.finish(
-                claimed, OperationStatus.SUCCEEDED, response=response.model_dump(mode="json", by_alias=True)
+                claimed,
+                OperationStatus.SUCCEEDED,
+                response=_without_nul(response.model_dump(mode="json", by_alias=True)),
             )
             if finished is None:
                 return self._taken_over(claimed)
@@ -263,6 +299,7 @@ class OperationRunner:
     def _failed_attempt(self, claimed: OperationRecord, error: OperationError) -> Outcome:
         where = f"{claimed.provider}.{claimed.operation}"
         info = error.info()
+        info.body = _without_nul(info.body)
         retry_after = getattr(error, "retry_after", None)
         if error.retryable and claimed.attempts < self.provider.retry.max_attempts:
             delay = next_delay(self.backoff, claimed.attempts, retry_after)
@@ -300,6 +337,24 @@ class OperationRunner:
             info.message,
         )
         return Failed(status, info, claimed.id)
+
+    def _lost_last_attempt(self, record: OperationRecord) -> Outcome | None:
+        where = f"{record.provider}.{record.operation}"
+        error = ErrorInfo(
+            type=ErrorType.RETRIES_EXHAUSTED,
+            message=(
+                f"{where}: gave up after {record.attempts} attempts; the worker of the last one was lost "
+                "before it recorded an outcome (the provider may have carried it out: check with the provider "
+                "under this idempotency key)"
+            ),
+        )
+        finished = self.ledger.finish(record, OperationStatus.DEAD, error=error)
+        if finished is None:
+            return None
+        log.warning(
+            "dead %s key=%s operation_id=%s: %s", where, record.idempotency_key, record.id, error.message
+        )
+        return Failed(OperationStatus.DEAD, error, record.id)
 
     def _taken_over(self, claimed: OperationRecord) -> Outcome:
         # Our lease ran out and another worker claimed the operation: its outcome is the one that counts.
@@ -340,21 +395,42 @@ class OperationRunner:
         key = kwargs.get("idempotency_key")
         valid_key = isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()
         request_id = kwargs.get("request_id")
-        # A refused message may carry what must not be kept (a credential header): it is stored redacted.
-        payload = redact_credentials(kwargs.get("payload"))
+        usable_request_id = isinstance(request_id, str) and 0 < len(request_id) <= MAX_KEY_LENGTH
+        # A refused message may carry what must not or cannot be kept (a credential header, a NUL
+        # character): it is stored redacted.
+        payload = _without_nul(redact_credentials(kwargs.get("payload")))
         record = self.ledger.record_invalid(
             provider=self.provider.name,
             operation=delivery.operation,
             idempotency_key=key if valid_key else None,
             fingerprint=idempotency.fingerprint(delivery.operation, payload),
             payload=payload,
-            request_id=request_id
-            if isinstance(request_id, str) and len(request_id) <= MAX_KEY_LENGTH
-            else None,
+            request_id=_without_nul(request_id) if usable_request_id else None,
             error=exc.info(),
         )
         log.warning("invalid request %s operation_id=%s: %s", self.where(delivery), record.id, exc.message)
         return Failed(OperationStatus.FAILED, exc.info(), record.id)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _without_nul(value: Any) -> Any:
+    """A provider's answer as the ledger can keep it: NUL characters (refused by PostgreSQL) replaced."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def result(record: OperationRecord, *, replayed: bool) -> dict[str, Any]:

@@ -28,6 +28,7 @@ class Runtime:
     database_url: str
     retention: timedelta = timedelta(days=7)
     dead_letter_retention: timedelta = timedelta(days=30)
+    interrupts: tuple[type[Exception], ...] = ()
     pid: int = field(default_factory=os.getpid)
     _session: requests.Session | None = None
     _ledger: Ledger | None = None
@@ -58,7 +59,9 @@ class Runtime:
             except KeyError:
                 raise ConfigError(f"provider {provider!r} is not in the providers file") from None
             adapter = self.adapter_classes[provider](settings, self.session)
-            runner = self._runners[provider] = OperationRunner(settings, adapter, self.ledger)
+            runner = self._runners[provider] = OperationRunner(
+                settings, adapter, self.ledger, interrupts=self.interrupts
+            )
         return runner
 
     def close(self) -> None:

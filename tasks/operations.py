@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from integrations.errors import OperationFailed
 from integrations.pipeline import Defer, Delivery, Done, Outcome, Retry
@@ -39,6 +40,7 @@ class OperationTask(Task):  # type: ignore[misc]
     acks_late = True
     max_retries = None  # attempts are counted in the ledger; a deferral must not use them up
     throws = (OperationFailed,)  # an expected failure: logged in one line, without a traceback
+    acks_on_timeout = False  # a task killed by its hard time limit goes back to the queue
     typing = False  # the core validates kwargs, so a bad message is recorded as invalid_request
 
 
@@ -46,19 +48,30 @@ def conclude(task: Task, outcome: Outcome) -> dict[str, Any]:
     if isinstance(outcome, Done):
         return outcome.result
     if isinstance(outcome, Retry | Defer):
-        raise task.retry(countdown=outcome.delay, max_retries=None)
+        try:
+            raise task.retry(countdown=outcome.delay, max_retries=None)
+        except Reject as exc:
+            # Celery rejects without requeue when the retry cannot be published, which would drop the
+            # message for good; put it back instead (the ledger says when its next attempt is due).
+            raise Reject(exc.reason, requeue=True) from exc
     raise OperationFailed(outcome.message)
 
 
-def register_operation(app: Celery, provider: str, operation: str, name: str) -> None:
-    def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        delivery = Delivery(
-            operation=operation,
-            kwargs=kwargs,
-            args=args,
-            redeliveries=self.request.retries or 0,
-        )
-        return conclude(self, runtime().runner(provider).run(delivery))
+# task name -> (provider, operation): one task function serves every operation task.
+_operations: dict[str, tuple[str, str]] = {}
 
-    run.__name__ = run.__qualname__ = f"{provider}_{operation}".replace("-", "_")  # Celery compiles it
-    app.task(name=name, bind=True, base=OperationTask)(run)
+
+def run_operation(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    provider, operation = _operations[self.name]
+    delivery = Delivery(operation=operation, kwargs=kwargs, args=args, redeliveries=self.request.retries or 0)
+    return conclude(self, runtime().runner(provider).run(delivery))
+
+
+def register_operation(app: Celery, provider: str, operation: str, name: str, lease: float) -> None:
+    _operations[name] = (provider, operation)
+    # Time limits below the lease, so no attempt outlives it and two never run at once: the soft limit
+    # interrupts an attempt that hangs (a slow trickle of bytes defeats the per-read timeout), which is then
+    # retried; the hard limit kills the process if even that hangs, and the message comes back.
+    app.task(name=name, bind=True, base=OperationTask, soft_time_limit=lease - 5, time_limit=lease - 1)(
+        run_operation
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded, WorkerShutdown
 from celery.signals import worker_init
 
 from config.settings import Settings
@@ -14,6 +16,8 @@ from integrations.ledger.store import create_ledger_engine
 from integrations.runtime import Runtime
 from tasks.maintenance import MAINTENANCE_QUEUE, PRUNE_TASK, register_maintenance
 from tasks.operations import configure_runtime, register_operation
+
+log = logging.getLogger("integrations.worker")
 
 
 def register_tasks(app: Celery, settings: Settings) -> Runtime:
@@ -27,20 +31,26 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             settings.database_url,
             retention=settings.retention,
             dead_letter_retention=settings.dead_letter_retention,
+            interrupts=(SoftTimeLimitExceeded,),
         )
     )
     routes: dict[str, dict[str, str]] = {PRUNE_TASK: {"queue": MAINTENANCE_QUEUE}}
     for name, provider in loaded.providers.items():
         for operation in loaded.adapter_classes[name].operations:
             task_name = provider.task_name(operation)
-            register_operation(app, name, operation, task_name)
+            register_operation(app, name, operation, task_name, provider.lease_seconds)
             routes[task_name] = {"queue": provider.queue}
     app.conf.task_routes = routes
     register_maintenance(app)
 
     @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _check_ledger_schema(**_: Any) -> None:
-        check_schema(settings.database_url)
+        try:
+            check_schema(settings.database_url)
+        except ConfigError as exc:
+            # Celery logs and swallows a signal handler's exceptions; WorkerShutdown stops the worker.
+            log.critical("%s", exc)
+            raise WorkerShutdown(str(exc)) from exc
 
     return loaded
 

@@ -27,19 +27,22 @@ def app_for(providers: Path) -> Celery:
     return app
 
 
-def test_reliability_settings() -> None:
-    conf = celery_config(Settings(REDIS_URL="redis://127.0.0.1:6379/13"))
-    assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
-    assert conf["task_serializer"] == conf["result_serializer"] == "json"
-    assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
-    assert conf["worker_prefetch_multiplier"] == 1
-    assert conf["worker_send_task_events"] is True and conf["task_send_sent_event"] is True
+def test_reliability_settings_of_the_application_workers_run() -> None:
+    from config.celery_app import app  # what `celery -A config.celery_app worker` loads
+
+    conf = app.conf
+    assert conf.accept_content == ["json"] and conf.result_accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
     # the longest countdown plus the longest attempt (timeout is capped at 300 s; lease = 3 x timeout + 5)
-    assert (
-        conf["broker_transport_options"]["visibility_timeout"]
-        == VISIBILITY_TIMEOUT
-        > MAX_COUNTDOWN + 3 * 300 + 5
-    )
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert visibility == VISIBILITY_TIMEOUT > MAX_COUNTDOWN + 3 * 300 + 5
+    task = app.tasks["integrations.acme.request"]  # from the shipped config/providers.toml
+    assert task.acks_late is True and task.acks_on_timeout is False
+    lease = 3 * 10.0 + 5  # acme's timeout is 10 s
+    assert task.soft_time_limit < task.time_limit < lease
 
 
 def test_broker_defaults_to_redis_url_and_can_be_another() -> None:

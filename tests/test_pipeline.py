@@ -16,8 +16,17 @@ from sqlalchemy import event
 from integrations.adapters.http import HttpAdapter
 from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.store import Ledger
-from integrations.pipeline import Defer, Delivery, Done, Failed, OperationRunner, Outcome, Retry
+from integrations.ledger.store import Ledger, create_ledger_engine
+from integrations.pipeline import (
+    MAX_INTERNAL_ERROR_REDELIVERIES,
+    Defer,
+    Delivery,
+    Done,
+    Failed,
+    OperationRunner,
+    Outcome,
+    Retry,
+)
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience.idempotency import fingerprint
 from integrations.testing.provider import ProviderSimulator
@@ -385,3 +394,54 @@ def test_a_success_costs_one_ledger_read_and_two_writes(runner: OperationRunner)
     finally:
         event.remove(runner.ledger.engine, "before_cursor_execute", count)
     assert sorted(statements) == ["INSERT", "SELECT", "UPDATE"]
+
+
+def test_a_payload_with_a_nul_character_is_refused(
+    runner: OperationRunner, simulator: ProviderSimulator
+) -> None:
+    payload = {"method": "POST", "path": "/x", "json": {"name": "a\x00b"}}
+    outcome = runner.run(Delivery("request", {"payload": payload, "idempotency_key": "order-18"}))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert "NUL" in outcome.error.message
+    assert simulator.calls() == []
+
+
+def test_a_lost_last_attempt_ends_dead_without_another_call(
+    runner: OperationRunner, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    for _ in range(2):
+        assert isinstance(deliver(runner, "order-19", path="/charges?status=503"), Retry)
+        clock.advance(2)
+    record = runner.ledger.find("sim", "order-19")
+    assert record is not None
+    lease = timedelta(seconds=runner.provider.lease_seconds)
+    last = runner.ledger.claim(record, lease=lease, request_id=record.request_id or "r")
+    assert last is not None and last.attempts == 3  # the third and last attempt, whose worker then dies
+    clock.advance(runner.provider.lease_seconds + 1)
+    outcome = deliver(runner, "order-19", path="/charges?status=503")
+    assert isinstance(outcome, Failed) and outcome.status is OperationStatus.DEAD
+    assert outcome.error.type is ErrorType.RETRIES_EXHAUSTED and "was lost" in outcome.error.message
+    assert len(simulator.calls(idempotency_key="order-19")) == 2
+
+
+class BrokenLedger(Ledger):
+    """A ledger with a bug in it: the real thing cannot be made to have one on purpose."""
+
+    def find(self, provider: str, idempotency_key: str) -> Any:
+        raise RuntimeError("a bug")
+
+
+def test_an_internal_error_puts_the_message_back_a_few_times_then_fails_it(
+    ledger_url: str, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    provider = ProviderSettings.model_validate({"name": "sim", "adapter": "http", "base_url": simulator.url})
+    broken = BrokenLedger(create_ledger_engine(ledger_url), clock=clock)
+    runner = OperationRunner(provider, HttpAdapter(provider, requests.Session()), broken, clock=clock)
+    message = {"payload": {"method": "POST", "path": "/x"}, "idempotency_key": "order-20"}
+    early = runner.run(Delivery("request", message, redeliveries=0))
+    assert isinstance(early, Defer) and early.reason == "internal_error"
+    late = runner.run(Delivery("request", message, redeliveries=MAX_INTERNAL_ERROR_REDELIVERIES))
+    assert isinstance(late, Failed) and late.error.type is ErrorType.INTERNAL_ERROR
+    assert "RuntimeError" in late.error.message and "worker's log" in late.error.message
+    assert simulator.calls() == []
+    broken.engine.dispose()

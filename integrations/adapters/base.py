@@ -8,6 +8,7 @@ operation's response model. Foreign exceptions are mapped to ``integrations.erro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -31,8 +32,13 @@ MAX_BODY_CHARS = 4096
 
 # Headers the worker sets itself; a payload may not supply them.
 RESERVED_HEADERS = frozenset({"idempotency-key", "x-request-id", "content-length", "host"})
-# Credentials come from the worker's configuration, never from a message (they would be stored and logged).
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+# Credentials come from the worker's configuration, never from a message (they would travel through the
+# broker and be stored and logged). Header and query-parameter names that look like one are refused.
+CREDENTIAL_NAME = re.compile(
+    r"authori[sz]ation|cookie|token|secret|passw(or)?d|api[-_]?key|access[-_]?key|private[-_]?key|"
+    r"signature|session|credential|^key$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -142,13 +148,21 @@ class Adapter:
             raise TransientError(
                 f"{where}: no answer within {self.provider.timeout:g}s", error_type=ErrorType.TIMEOUT
             ) from exc
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+            raise TransientError(
+                f"{where}: the answer was cut off or garbled: {type(exc).__name__}",
+                error_type=ErrorType.CONNECTION_ERROR,
+            ) from exc
         except requests.ConnectionError as exc:
             raise TransientError(
                 f"{where}: cannot connect to {self.provider.base_url}: {type(exc).__name__}",
                 error_type=ErrorType.CONNECTION_ERROR,
             ) from exc
         except requests.RequestException as exc:
-            raise InvalidRequest(f"{where}: the request cannot be sent: {exc}") from exc
+            # The exception's text may quote a header value, so only its kind is kept.
+            raise InvalidRequest(
+                f"{where}: the request cannot be sent ({type(exc).__name__}); check the payload"
+            ) from exc
         error = self.classify(operation, response)
         if error is not None:
             raise error
@@ -215,7 +229,7 @@ def redact_credentials(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             key: "[redacted]"
-            if isinstance(key, str) and key.lower() in CREDENTIAL_HEADERS
+            if isinstance(key, str) and CREDENTIAL_NAME.search(key)
             else redact_credentials(item)
             for key, item in value.items()
         }
@@ -227,12 +241,15 @@ def redact_credentials(value: Any) -> Any:
 def check_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """Refuse payload headers that the worker owns or that would carry credentials."""
     for name in headers:
-        lowered = name.lower()
-        if lowered in CREDENTIAL_HEADERS:
-            raise ValueError(
-                f"header {name!r} carries credentials, which must not travel in messages "
-                "(they would be stored and logged); configure them for the provider on the worker"
-            )
-        if lowered in RESERVED_HEADERS:
+        if name.lower() in RESERVED_HEADERS:
             raise ValueError(f"header {name!r} is set by the worker (from idempotency_key / request_id)")
+        check_not_credential("header", name)
     return headers
+
+
+def check_not_credential(kind: str, name: str) -> None:
+    if CREDENTIAL_NAME.search(name):
+        raise ValueError(
+            f"{kind} {name!r} looks like a credential, which must not travel in messages (they would be "
+            "stored and logged); configure credentials for the provider on the worker"
+        )

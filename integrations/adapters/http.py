@@ -7,7 +7,14 @@ from typing import Any, Literal
 import requests
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from integrations.adapters.base import Adapter, HttpCall, OperationSpec, check_headers, operation
+from integrations.adapters.base import (
+    Adapter,
+    HttpCall,
+    OperationSpec,
+    check_headers,
+    check_not_credential,
+    operation,
+)
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -39,6 +46,13 @@ class HttpRequest(BaseModel):
     @classmethod
     def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return None if value is None else dict(check_headers(value))
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name in value or {}:
+            check_not_credential("query parameter", name)
+        return value
 
 
 class HttpResponse(BaseModel):

@@ -16,7 +16,14 @@ from typing import Any, cast
 
 from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from integrations.errors import ErrorInfo, LedgerUnavailable
 from integrations.ledger.models import Operation, OperationStatus
@@ -110,9 +117,9 @@ class Ledger:
         try:
             with self.engine.begin() as connection:
                 yield connection
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
+        except (OperationalError, InterfaceError, ProgrammingError, DisconnectionError, PoolTimeout) as exc:
+            # The database cannot be reached or lacks the schema: worth waiting for. Other errors (bad
+            # data) are not, and go up to the pipeline, which ends the operation after a few tries.
             raise LedgerUnavailable(
                 f"ledger at {self.where}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
                 "(is the database up, and has `integrations db upgrade` been run?)"
@@ -298,12 +305,13 @@ class Ledger:
             raise ValueError(f"operation {operation_id} changed while it was being replayed; try again")
         return updated
 
-    def restore(self, before: OperationRecord, current: OperationRecord) -> None:
-        """Put back ``before`` over ``current`` (undo a replay whose message could not be sent)."""
+    def restore(self, before: OperationRecord, current: OperationRecord) -> bool:
+        """Put back ``before`` over ``current`` (undo a replay whose message could not be sent); False if
+        the row changed since ``current`` was read."""
         values = {k: v for k, v in _row_values(before).items() if k != "id"} | {
             "version": current.version + 1
         }
-        self._compare_and_set(current, values)
+        return self._compare_and_set(current, values) is not None
 
     def prune(self, *, retention: timedelta, dead_letter_retention: timedelta) -> int:
         """Delete ended operations past their retention; returns how many rows went."""

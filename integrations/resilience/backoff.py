@@ -37,18 +37,23 @@ def next_delay(backoff: ExponentialBackoff, attempt: int, retry_after: float | N
     return delay
 
 
+# A provider asking for more than a day is taken at its word for a day; the ledger keeps the operation
+# waiting in hops meanwhile. (A bogus header must not overflow a datetime.)
+MAX_RETRY_AFTER = 86400.0
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 10.2.3); else None."""
     if value is None:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER)

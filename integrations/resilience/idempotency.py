@@ -18,9 +18,22 @@ from integrations.ledger.store import OperationRecord
 
 
 def fingerprint(operation: str, payload: Any) -> str:
-    """What makes two requests "the same": the operation and the payload, whatever the key order."""
-    canonical = json.dumps([operation, payload], sort_keys=True, separators=(",", ":"), default=str)
+    """What makes two requests "the same": the operation and the payload, whatever the key order, and
+    whatever a database did to whole numbers (PostgreSQL's JSONB hands ``1e16`` back as an integer)."""
+    canonical = json.dumps(
+        [operation, _canonical(payload)], sort_keys=True, separators=(",", ":"), default=str
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -58,23 +71,42 @@ class Wait:
     reason: str
 
 
-Decision = Start | Claim | Replay | Conflict | Wait
+@dataclass(frozen=True)
+class Exhausted:
+    """The worker of the last allowed attempt was lost (its lease ran out): the operation ends dead."""
+
+    record: OperationRecord
 
 
-def decide(record: OperationRecord | None, request_fingerprint: str, now: datetime) -> Decision:
+Decision = Start | Claim | Replay | Conflict | Wait | Exhausted
+
+
+def decide(
+    record: OperationRecord | None,
+    request_fingerprint: str,
+    now: datetime,
+    *,
+    max_attempts: int | None = None,
+) -> Decision:
     if record is None:
         return Start()
+    if record.status is OperationStatus.FAILED and (record.error or {}).get("type") == str(
+        ErrorType.INVALID_REQUEST
+    ):
+        return Claim(
+            record, takeover=True
+        )  # an invalid message binds nothing: a corrected one may use the key
     if record.fingerprint != request_fingerprint:
-        invalid = record.status is OperationStatus.FAILED and (record.error or {}).get("type") == str(
-            ErrorType.INVALID_REQUEST
-        )
-        return Claim(record, takeover=True) if invalid else Conflict(record)
+        return Conflict(record)
     if record.status.terminal:
         return Replay(record)
     if record.status is OperationStatus.RUNNING:
         if record.lease_expires_at is not None and record.lease_expires_at > now:
             return Wait(record.lease_expires_at, "in_flight")
-        return Claim(record)  # the worker that held it is gone: its lease ran out
+        # The worker that held it is gone: its lease ran out. It may have been the last attempt allowed.
+        if max_attempts is not None and record.attempts >= max_attempts:
+            return Exhausted(record)
+        return Claim(record)
     if record.next_attempt_at is not None and record.next_attempt_at > now:
         return Wait(record.next_attempt_at, "backoff")
     return Claim(record)

@@ -47,6 +47,8 @@ class _Response:
     headers: tuple[tuple[str, str], ...] = ()
     drop: bool = False
     delay: float = 0.0
+    cut: bool = False  # send the headers and half the body, then close: an answer cut off in transit
+    trickle: float = 0.0  # spread the body over this many seconds, a few bytes at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,9 @@ class ProviderSimulator:
     status; ``fail=2&fail_status=503`` fails the first two requests per (path, Idempotency-Key), or per
     path and query without a key; ``retry_after=<v>`` adds ``Retry-After: <v>`` to error responses;
     ``delay=0.5`` stalls before answering; ``drop=1`` closes the connection unanswered (only the failing
-    requests when combined with ``fail``); ``text=1`` answers ``text/plain`` ``ok``. ``set_outage()``
+    requests when combined with ``fail``); ``text=1`` answers ``text/plain`` ``ok``; ``cut=1`` cuts the
+    success answer off halfway through its body; ``trickle=5`` spreads it over 5 s in small pieces (no
+    read ever waits long, so a per-read client timeout does not fire). ``set_outage()``
     overrides all of it. The socket is bound on construction, so ``url`` is known before ``start()``.
     """
 
@@ -291,6 +295,8 @@ class ProviderSimulator:
             return _Response(status, delay=delay)
         if _flag_param(request.query, "text"):
             return _Response(status, b"ok", "text/plain; charset=utf-8", delay=delay)
+        cut = _flag_param(request.query, "cut")
+        trickle = float(request.query.get("trickle", "0") or 0)
         key = request.headers.get("idempotency-key")
         payload = {
             "id": _stable_id(key),
@@ -301,7 +307,8 @@ class ProviderSimulator:
             "idempotency_key": key,
             "request_id": request.headers.get("x-request-id"),
         }
-        return _Response(status, json.dumps(payload).encode(), "application/json", delay=delay)
+        body = json.dumps(payload).encode()
+        return _Response(status, body, "application/json", delay=delay, cut=cut, trickle=trickle)
 
 
 def _canonical_query(query: dict[str, str]) -> str:
@@ -414,6 +421,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         if response.body and self.command != "HEAD" and response.status not in _NO_BODY_STATUSES:
+            if response.trickle:
+                pieces = 20
+                step = max(1, -(-len(response.body) // pieces))
+                for start in range(0, len(response.body), step):
+                    self.wfile.write(response.body[start : start + step])
+                    self.wfile.flush()
+                    self.server.simulator._wait(response.trickle / pieces)
+                return
+            if response.cut:
+                self.wfile.write(response.body[: len(response.body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
             self.wfile.write(response.body)
 
     do_GET = _serve

@@ -38,6 +38,15 @@ max_attempts = 3
 backoff_base = 0.05
 backoff_max = 0.2
 
+[providers.slow]
+adapter = "http"
+base_url = "{simulator_url}"
+timeout = 0.5
+[providers.slow.retry]
+max_attempts = 2
+backoff_base = 0.05
+backoff_max = 0.1
+
 [providers.down]
 adapter = "http"
 base_url = "http://127.0.0.1:{closed_port()}"
@@ -103,7 +112,7 @@ def worker(
     ledger = Ledger.connect(database)
     try:
         with running_worker(
-            app, env, ["integrations.sim", "integrations.down"], folder, loglevel="INFO"
+            app, env, ["integrations.sim", "integrations.slow", "integrations.down"], folder, loglevel="INFO"
         ) as process:
             yield Worker(process, env, app, ledger)
     finally:

@@ -17,6 +17,7 @@ from kombu import Connection, Exchange, Queue
 
 from integrations.ledger.models import OperationStatus
 from integrations.testing.provider import ProviderSimulator
+from tasks.worker import running_worker
 from tests.e2e.conftest import Worker, unique
 
 TIMEOUT = 30
@@ -167,7 +168,7 @@ def test_a_killed_worker_process_gives_its_message_back(worker: Worker, sim: Pro
     assert value["status"] == "succeeded"
     calls = sim.calls(idempotency_key=key)
     assert len(calls) == 2 and value["attempts"] == 2  # the second attempt waited out the first's lease
-    assert calls[1].received_at - calls[0].received_at >= 1.0 * 3  # lease: 3 x timeout + 5 s
+    assert calls[1].received_at - calls[0].received_at >= 7.5  # the lease: 3 x timeout (1 s) + 5 s
 
 
 def test_many_operations_in_parallel_all_end_recorded(worker: Worker, sim: ProviderSimulator) -> None:
@@ -202,3 +203,27 @@ def test_a_dead_letter_replayed_from_the_cli_succeeds(worker: Worker, sim: Provi
     assert replayed is not None and replayed.status is OperationStatus.SUCCEEDED and replayed.replays == 1
     calls = sim.calls(idempotency_key=key)
     assert [c.status for c in calls] == [503, 503, 503, 200]
+
+
+def test_an_attempt_that_outruns_its_time_limit_is_cut_and_retried(
+    worker: Worker, sim: ProviderSimulator
+) -> None:
+    # Each byte arrives within the 0.5 s read timeout, but the answer takes 4 s: the soft time limit
+    # (3 x timeout) ends the attempt, so no attempt outlives its lease (3 x timeout + 5 s).
+    key = unique("slow")
+    result = worker.send(key, {"method": "POST", "path": "/v1/payments?trickle=4"}, provider="slow")
+    with pytest.raises(Exception, match=r"^retries_exhausted: .*time limit"):
+        result.get(timeout=TIMEOUT)
+    first, second = sim.calls(idempotency_key=key)
+    assert second.received_at - first.received_at >= 1.5
+    record = worker.ledger.find("slow", key)
+    assert record is not None and (record.status, record.attempts) == (OperationStatus.DEAD, 2)
+
+
+def test_a_worker_refuses_to_start_on_an_unmigrated_ledger(worker: Worker, tmp_path: Path) -> None:
+    env = dict(worker.env, DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    with (
+        pytest.raises(RuntimeError, match="integrations db upgrade"),
+        running_worker(worker.app, env, ["integrations.nothing"], tmp_path, startup_timeout=30),
+    ):
+        pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,11 +16,13 @@ from integrations.adapters.base import MAX_BODY_CHARS, classify_http_response, r
 from integrations.adapters.http import HttpAdapter, HttpRequest, HttpResponse
 from integrations.errors import ErrorType, InvalidRequest, ProviderRejected, TransientError
 from integrations.providers import ProviderSettings
+from integrations.resilience.backoff import MAX_RETRY_AFTER
 from integrations.testing.provider import ProviderSimulator
 
 WHERE = "acme.request"
-FAR_FUTURE = datetime(2099, 1, 1, 0, 0, 0, tzinfo=UTC)
-FAR_FUTURE_HTTP_DATE = "Thu, 01 Jan 2099 00:00:00 GMT"
+# An hour ahead, whole seconds, as an HTTP date.
+FAR_FUTURE = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+FAR_FUTURE_HTTP_DATE = FAR_FUTURE.strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
 def error_body(status: int) -> dict[str, Any]:
@@ -150,6 +152,17 @@ def test_retry_after_as_http_date(
     assert isinstance(error, TransientError)
     assert error.retry_after is not None
     assert (FAR_FUTURE - after).total_seconds() <= error.retry_after <= (FAR_FUTURE - before).total_seconds()
+
+
+def test_a_retry_after_beyond_a_day_is_taken_as_a_day(
+    simulator: ProviderSimulator, session: requests.Session
+) -> None:
+    for value in ("Thu, 01 Jan 2099 00:00:00 GMT", "999999999999999999999"):
+        response = session.get(
+            f"{simulator.url}/v1/orders", params={"status": "429", "retry_after": value}, timeout=5
+        )
+        error = classify_http_response(WHERE, response)
+        assert isinstance(error, TransientError) and error.retry_after == MAX_RETRY_AFTER
 
 
 def test_retry_after_date_in_the_past_means_now(
@@ -393,3 +406,32 @@ def test_unknown_operation_is_an_invalid_request(adapter: HttpAdapter) -> None:
         adapter.parse_payload("charge", {"method": "POST", "path": "/v1/orders"})
 
     assert caught.value.message == "acme: adapter 'http' has no operation 'charge' (it has: request)"
+
+
+def test_an_answer_cut_off_in_transit_is_transient(simulator: ProviderSimulator) -> None:
+    # the provider may have carried the request out: it must be retried under the same key, not refused
+    adapter = HttpAdapter(provider(simulator.url), requests.Session())
+    payload = adapter.parse_payload("request", {"method": "POST", "path": "/v1/orders?cut=1"})
+    with pytest.raises(TransientError) as caught:
+        adapter.call("request", payload, idempotency_key="cut-1", request_id="r")
+    assert caught.value.error_type is ErrorType.CONNECTION_ERROR
+    assert "cut off" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("part", "value"),
+    [
+        ("headers", {"X-Auth-Token": "s3cret"}),
+        ("headers", {"Api-Key": "s3cret"}),
+        ("headers", {"PRIVATE-TOKEN": "s3cret"}),
+        ("params", {"api_key": "s3cret"}),
+        ("params", {"access_token": "s3cret"}),
+    ],
+)
+def test_credential_like_headers_and_params_are_refused(
+    simulator: ProviderSimulator, part: str, value: dict[str, str]
+) -> None:
+    adapter = HttpAdapter(provider(simulator.url), requests.Session())
+    with pytest.raises(InvalidRequest, match="looks like a credential") as caught:
+        adapter.parse_payload("request", {"method": "GET", "path": "/v1/orders", part: value})
+    assert "s3cret" not in caught.value.message

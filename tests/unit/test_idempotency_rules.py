@@ -10,7 +10,16 @@ import pytest
 from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import OperationRecord
-from integrations.resilience.idempotency import Claim, Conflict, Replay, Start, Wait, decide, fingerprint
+from integrations.resilience.idempotency import (
+    Claim,
+    Conflict,
+    Exhausted,
+    Replay,
+    Start,
+    Wait,
+    decide,
+    fingerprint,
+)
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 PAYLOAD = {"method": "POST", "path": "/v1/charges", "json": {"amount": 500}}
@@ -59,10 +68,12 @@ def test_different_request_under_the_same_key_conflicts(status: OperationStatus)
     assert decide(existing, OTHER_FINGERPRINT, NOW) == Conflict(existing)
 
 
-def test_valid_request_takes_over_the_key_of_an_invalid_one() -> None:
+@pytest.mark.parametrize("request_fingerprint", [OTHER_FINGERPRINT, FINGERPRINT])
+def test_valid_request_takes_over_the_key_of_an_invalid_one(request_fingerprint: str) -> None:
+    # the same payload too: the message may have been invalid for its other kwargs (an unknown key)
     invalid = record(OperationStatus.FAILED, attempts=0, error=error(ErrorType.INVALID_REQUEST))
 
-    assert decide(invalid, OTHER_FINGERPRINT, NOW) == Claim(invalid, takeover=True)
+    assert decide(invalid, request_fingerprint, NOW) == Claim(invalid, takeover=True)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +102,6 @@ def test_failed_record_without_error_is_not_taken_over() -> None:
     [
         (OperationStatus.SUCCEEDED, {"response": {"status_code": 200, "body": {"id": "ch_1"}}}),
         (OperationStatus.FAILED, {"error": error(ErrorType.PROVIDER_REJECTED)}),
-        (OperationStatus.FAILED, {"error": error(ErrorType.INVALID_REQUEST)}),
         (OperationStatus.DEAD, {"error": error(ErrorType.RETRIES_EXHAUSTED)}),
     ],
 )
@@ -113,6 +123,20 @@ def test_running_with_an_expired_lease_is_claimed(lease: datetime | None) -> Non
     running = record(OperationStatus.RUNNING, lease_expires_at=lease)
 
     assert decide(running, FINGERPRINT, NOW) == Claim(running)
+
+
+def test_a_lost_last_attempt_ends_the_operation() -> None:
+    running = record(OperationStatus.RUNNING, attempts=3, lease_expires_at=NOW - timedelta(seconds=1))
+
+    assert decide(running, FINGERPRINT, NOW, max_attempts=3) == Exhausted(running)
+    assert decide(running, FINGERPRINT, NOW, max_attempts=4) == Claim(running)
+
+
+def test_fingerprint_sees_whole_floats_as_the_integers_a_database_returns() -> None:
+    assert fingerprint("request", {"amount": 1e16, "n": [2.0]}) == fingerprint(
+        "request", {"amount": 10**16, "n": [2]}
+    )
+    assert fingerprint("request", {"amount": 1.5}) != fingerprint("request", {"amount": 1})
 
 
 def test_queued_before_its_next_attempt_waits() -> None:
