@@ -179,7 +179,7 @@ def providers_command(as_json: bool) -> None:
 
     settings = Settings()
     with _user_errors():
-        runtime = Runtime.load(settings.providers_file, settings.database_url)
+        runtime = Runtime.load(settings.providers_file, settings.database_url, settings.redis_url)
     rows: list[dict[str, Any]] = [
         {
             "provider": name,

@@ -18,6 +18,7 @@ Foreign exceptions (requests, pydantic, SQLAlchemy) are mapped to these at one p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -85,6 +86,7 @@ class OperationError(IntegrationsError):
         self.message = message
         self.status_code = status_code
         self.body = body
+        self.headers: Mapping[str, str] = {}  # the provider's answer's headers, when there was one
 
     def info(self) -> ErrorInfo:
         return ErrorInfo(

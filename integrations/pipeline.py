@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from integrations.adapters.base import Adapter, redact_credentials
+from integrations.adapters.base import Adapter, Reply, redact_credentials
 from integrations.errors import (
     ErrorInfo,
     ErrorType,
@@ -63,6 +63,7 @@ class Delivery:
     operation: str
     kwargs: Mapping[str, Any]
     args: Sequence[Any] = ()
+    message_id: str | None = None  # the broker message's id, kept across its redeliveries
     redeliveries: int = 0  # how often this message was already put back (deferred or retried)
 
 
@@ -111,19 +112,30 @@ class Attempt:
     provider: ProviderSettings
     operation: str
     payload: BaseModel
+    raw_payload: Mapping[str, Any]
     idempotency_key: str
+    token: str  # stable across the redeliveries of one message: its id
+
+
+@dataclass(frozen=True)
+class Observation:
+    """How the call went: ``error`` is None on success; ``headers`` are the answer's, if one came."""
+
+    error: OperationError | None
+    seconds: float
+    headers: Mapping[str, str]
 
 
 class Guard(Protocol):
     """A check around the provider call (the shared breaker and throttle are guards).
 
     ``admit`` runs before an attempt is claimed, so a deferral never uses an attempt; ``observe`` sees
-    how the call went (``error`` is None on success). Guards run in order, observers in reverse.
+    how the call went. Guards run in order, observers in reverse.
     """
 
     def admit(self, attempt: Attempt) -> Defer | None: ...
 
-    def observe(self, attempt: Attempt, error: OperationError | None, seconds: float) -> None: ...
+    def observe(self, attempt: Attempt, observation: Observation) -> None: ...
 
 
 def poll_delay(redeliveries: int) -> float:
@@ -197,11 +209,18 @@ class OperationRunner:
                 if ended is None:
                     continue
                 return ended
-            attempt = Attempt(self.provider, delivery.operation, payload, message.idempotency_key)
+            attempt = Attempt(
+                self.provider,
+                delivery.operation,
+                payload,
+                message.payload,
+                message.idempotency_key,
+                token=delivery.message_id or str(uuid.uuid4()),
+            )
             for guard in self.guards:
                 deferral = guard.admit(attempt)
                 if deferral is not None:
-                    return deferral
+                    return self._deferred(delivery, message, request_fingerprint, record, deferral)
             request_id = message.request_id or (record.request_id if record else None) or str(uuid.uuid4())
             lease = timedelta(seconds=self.provider.lease_seconds)
             if isinstance(decision, idempotency.Start):
@@ -255,9 +274,9 @@ class OperationRunner:
         assert claimed.idempotency_key is not None and claimed.request_id is not None
         started = time.monotonic()
         error: OperationError | None = None
-        response: BaseModel | None = None
+        reply: Reply | None = None
         try:
-            response = self.adapter.call(
+            reply = self.adapter.call(
                 attempt.operation,
                 attempt.payload,
                 idempotency_key=claimed.idempotency_key,
@@ -274,15 +293,16 @@ class OperationRunner:
         except Exception as exc:  # an adapter bug must end as a dead letter, not vanish with the message
             log.exception("%s.%s: adapter raised unexpectedly", self.provider.name, attempt.operation)
             error = OperationError(f"{self.provider.name}.{attempt.operation}: adapter error: {exc!r}")
-        elapsed = time.monotonic() - started
+        headers = reply.headers if reply is not None else error.headers if error is not None else {}
+        observation = Observation(error, time.monotonic() - started, headers)
         for guard in reversed(self.guards):
-            guard.observe(attempt, error, elapsed)
+            guard.observe(attempt, observation)
         if error is None:
-            assert response is not None
+            assert reply is not None
             finished = self.ledger.finish(
                 claimed,
                 OperationStatus.SUCCEEDED,
-                response=_without_nul(response.model_dump(mode="json", by_alias=True)),
+                response=_without_nul(reply.model.model_dump(mode="json", by_alias=True)),
             )
             if finished is None:
                 return self._taken_over(claimed)
@@ -355,6 +375,28 @@ class OperationRunner:
             "dead %s key=%s operation_id=%s: %s", where, record.idempotency_key, record.id, error.message
         )
         return Failed(OperationStatus.DEAD, error, record.id)
+
+    def _deferred(
+        self,
+        delivery: Delivery,
+        message: OperationMessage,
+        request_fingerprint: str,
+        record: OperationRecord | None,
+        deferral: Defer,
+    ) -> Outcome:
+        """A guard said wait: the ledger says so too (``ops show``), and no attempt is used."""
+        self.ledger.record_wait(
+            record,
+            provider=self.provider.name,
+            operation=delivery.operation,
+            idempotency_key=message.idempotency_key,
+            fingerprint=request_fingerprint,
+            payload=message.payload,
+            request_id=message.request_id,
+            reason=deferral.reason,
+            until=self.clock() + timedelta(seconds=deferral.delay),
+        )
+        return Defer(min(deferral.delay, MAX_COUNTDOWN), deferral.reason)
 
     def _taken_over(self, claimed: OperationRecord) -> Outcome:
         # Our lease ran out and another worker claimed the operation: its outcome is the one that counts.

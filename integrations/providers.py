@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -65,10 +65,42 @@ class RetrySettings(_Section):
 
 
 class BreakerSettings(_Section):
-    """``[providers.<p>.breaker]``: parsed and kept; enforced by the cluster-wide breaker."""
+    """``[providers.<p>.breaker]``: the circuit breaker shared by every worker.
+
+    It opens after ``fail_max`` consecutive failures, or when at least ``min_calls`` calls in the last
+    ``window`` seconds failed at ``failure_rate`` or more; a call slower than ``slow_call`` seconds counts
+    as a failure. After ``reset_timeout`` seconds one probe call is let through.
+    """
 
     fail_max: Annotated[int, Field(ge=1)] = 5
-    reset_timeout: Annotated[float, Field(gt=0)] = 30.0
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    window: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    min_calls: Annotated[int, Field(ge=1)] = 20
+    reset_timeout: Annotated[float, Field(gt=0, le=MAX_COUNTDOWN)] = 30.0
+    slow_call: Annotated[float, Field(gt=0)] | None = None
+
+
+def _parse_rate(value: Any) -> Any:
+    return Rate.parse(value) if isinstance(value, str) else value
+
+
+class PerKeySettings(_Section):
+    """``[providers.<p>.per_key]``: a second bucket per account, for providers that limit per API key."""
+
+    field: str  # a payload field, dotted for nested ones: "json.account"
+    rate_limit: Rate
+    burst: Annotated[int, Field(ge=1)] | None = None
+
+    _rate = field_validator("rate_limit", mode="before")(_parse_rate)
+
+    @property
+    def capacity(self) -> int:
+        return self.burst or default_burst(self.rate_limit)
+
+
+def default_burst(rate: Rate) -> int:
+    """One second's worth of calls, at least one."""
+    return max(1, round(rate.per_second))
 
 
 class ProviderSettings(_Section):
@@ -80,8 +112,19 @@ class ProviderSettings(_Section):
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     rate_limit: Rate | None = None
     burst: Annotated[int, Field(ge=1)] | None = None
+    per_key: PerKeySettings | None = None
+    # What the breaker and the throttle do when Redis cannot be reached: "defer" waits (the default: a
+    # provider is never called blind), "call" goes ahead without them.
+    when_redis_down: Literal["defer", "call"] = "defer"
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
+
+    @property
+    def capacity(self) -> int | None:
+        """The bucket's size: ``burst``, or one second's worth of ``rate_limit``."""
+        if self.rate_limit is None:
+            return None
+        return self.burst or default_burst(self.rate_limit)
 
     @field_validator("base_url")
     @classmethod
@@ -90,10 +133,7 @@ class ProviderSettings(_Section):
             raise ValueError(f"base_url {value!r} must start with http:// or https:// and name a host")
         return value.rstrip("/")
 
-    @field_validator("rate_limit", mode="before")
-    @classmethod
-    def _parse_rate(cls, value: Any) -> Any:
-        return Rate.parse(value) if isinstance(value, str) else value
+    _rate = field_validator("rate_limit", mode="before")(_parse_rate)
 
     @property
     def queue(self) -> str:

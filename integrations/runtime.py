@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import redis
 import requests
 
 from integrations.adapters.base import Adapter
 from integrations.adapters.registry import resolve
 from integrations.errors import ConfigError
 from integrations.ledger.store import Ledger
-from integrations.pipeline import OperationRunner
+from integrations.pipeline import Guard, OperationRunner
 from integrations.providers import ProviderSettings, load_providers
+from integrations.resilience.breaker import SharedBreaker
+from integrations.resilience.guards import BreakerGuard, ThrottleGuard
+from integrations.resilience.scripts import redis_client
+from integrations.resilience.throttle import Throttle
 
 
 @dataclass
@@ -26,18 +31,20 @@ class Runtime:
     providers: dict[str, ProviderSettings]
     adapter_classes: dict[str, type[Adapter]]
     database_url: str
+    redis_url: str
     retention: timedelta = timedelta(days=7)
     dead_letter_retention: timedelta = timedelta(days=30)
     interrupts: tuple[type[Exception], ...] = ()
     pid: int = field(default_factory=os.getpid)
     _session: requests.Session | None = None
     _ledger: Ledger | None = None
+    _redis: redis.Redis | None = None
     _runners: dict[str, OperationRunner] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, providers_file: Path | str, database_url: str) -> Runtime:
+    def load(cls, providers_file: Path | str, database_url: str, redis_url: str) -> Runtime:
         providers = load_providers(providers_file)
-        return cls(providers, resolve(providers, str(providers_file)), database_url)
+        return cls(providers, resolve(providers, str(providers_file)), database_url, redis_url)
 
     @property
     def session(self) -> requests.Session:
@@ -51,6 +58,18 @@ class Runtime:
             self._ledger = Ledger.connect(self.database_url)
         return self._ledger
 
+    @property
+    def redis(self) -> redis.Redis:
+        """The client of the shared breaker and throttle (the broker's connections are Celery's)."""
+        if self._redis is None:
+            self._redis = redis_client(self.redis_url)
+        return self._redis
+
+    def guards(self, provider: ProviderSettings) -> list[Guard]:
+        """In the order they are asked: the breaker first (an open one takes no token), then the throttle."""
+        breaker = SharedBreaker(self.redis, provider.name, provider.breaker, probe_ttl=provider.lease_seconds)
+        return [BreakerGuard(provider, breaker), ThrottleGuard(provider, Throttle(self.redis, provider))]
+
     def runner(self, provider: str) -> OperationRunner:
         runner = self._runners.get(provider)
         if runner is None:
@@ -60,7 +79,7 @@ class Runtime:
                 raise ConfigError(f"provider {provider!r} is not in the providers file") from None
             adapter = self.adapter_classes[provider](settings, self.session)
             runner = self._runners[provider] = OperationRunner(
-                settings, adapter, self.ledger, interrupts=self.interrupts
+                settings, adapter, self.ledger, guards=self.guards(settings), interrupts=self.interrupts
             )
         return runner
 
@@ -69,3 +88,5 @@ class Runtime:
             self._session.close()
         if self._ledger is not None:
             self._ledger.engine.dispose()
+        if self._redis is not None:
+            self._redis.close()

@@ -63,7 +63,13 @@ _operations: dict[str, tuple[str, str]] = {}
 
 def run_operation(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     provider, operation = _operations[self.name]
-    delivery = Delivery(operation=operation, kwargs=kwargs, args=args, redeliveries=self.request.retries or 0)
+    delivery = Delivery(
+        operation=operation,
+        kwargs=kwargs,
+        args=args,
+        message_id=self.request.id,
+        redeliveries=self.request.retries or 0,
+    )
     return conclude(self, runtime().runner(provider).run(delivery))
 
 

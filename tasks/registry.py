@@ -23,12 +23,13 @@ log = logging.getLogger("integrations.worker")
 def register_tasks(app: Celery, settings: Settings) -> Runtime:
     """Register every operation task and route it to ``integrations.<provider>``; returns the runtime
     built from the providers file (a bad file raises ``ConfigError`` here, before a worker starts)."""
-    loaded = Runtime.load(settings.providers_file, settings.database_url)
+    loaded = Runtime.load(settings.providers_file, settings.database_url, settings.redis_url)
     configure_runtime(
         lambda: Runtime(
             loaded.providers,
             loaded.adapter_classes,
             settings.database_url,
+            settings.redis_url,
             retention=settings.retention,
             dead_letter_retention=settings.dead_letter_retention,
             interrupts=(SoftTimeLimitExceeded,),

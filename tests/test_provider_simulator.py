@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 
 import pytest
@@ -268,3 +270,188 @@ def test_stop_is_idempotent_and_frees_the_port() -> None:
 def test_set_outage_rejects_non_error_status(sim: ProviderSimulator) -> None:
     with pytest.raises(ValueError, match="between 400 and 599"):
         sim.set_outage(200)
+
+
+def statuses(responses: list[requests.Response]) -> list[int]:
+    return [resp.status_code for resp in responses]
+
+
+def test_rate_limit_lets_exactly_limit_of_a_burst_through(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(5, window=5)
+
+    def call(i: int) -> requests.Response:
+        method = "POST" if i % 2 else "GET"
+        return requests.request(method, f"{sim.url}/v1/items/{i % 3}", timeout=5)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(call, range(20)))
+
+    assert sorted(statuses(responses)) == [200] * 5 + [429] * 15
+    for resp in responses:
+        if resp.status_code == 429:
+            assert resp.json() == {"error": {"type": "simulated", "message": "simulated 429", "status": 429}}
+            assert 1 <= int(resp.headers["Retry-After"]) <= 5
+        else:
+            assert "Retry-After" not in resp.headers
+    assert sorted(c.status for c in sim.calls()) == [200] * 5 + [429] * 15
+
+
+def test_rate_limit_lets_requests_through_again_once_the_window_passes(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(2, window=0.3)
+
+    burst = [requests.get(f"{sim.url}/v1/x", timeout=5) for _ in range(3)]
+    time.sleep(0.35)
+    later = [requests.get(f"{sim.url}/v1/x", timeout=5) for _ in range(3)]
+
+    assert statuses(burst) == [200, 200, 429]
+    assert burst[2].headers["Retry-After"] == "1"
+    assert statuses(later) == [200, 200, 429]
+
+
+def test_rate_limit_window_slides(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(2, window=0.5)
+
+    first = requests.get(f"{sim.url}/a", timeout=5)
+    time.sleep(0.3)
+    second = requests.get(f"{sim.url}/a", timeout=5)
+    time.sleep(0.25)
+    # A fixed window opened by the first request would have closed and let two more through; the second
+    # request is still inside the sliding one, so only one more fits.
+    after = [requests.get(f"{sim.url}/a", timeout=5) for _ in range(2)]
+
+    assert statuses([first, second, *after]) == [200, 200, 200, 429]
+
+
+def test_rate_limit_refusals_do_not_count(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(1, window=0.4)
+
+    first = requests.get(f"{sim.url}/a", timeout=5)
+    time.sleep(0.25)
+    refused = requests.get(f"{sim.url}/a", timeout=5)
+    time.sleep(0.2)
+    after = requests.get(f"{sim.url}/a", timeout=5)
+
+    assert statuses([first, refused, after]) == [200, 429, 200]
+
+
+def test_rate_limit_headers(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(2, window=1.5, headers=True)
+
+    responses = [requests.post(f"{sim.url}/v1/charges", timeout=5) for _ in range(3)]
+
+    assert statuses(responses) == [200, 200, 429]
+    assert [resp.headers["X-RateLimit-Limit"] for resp in responses] == ["2", "2", "2"]
+    assert [resp.headers["X-RateLimit-Remaining"] for resp in responses] == ["1", "0", "0"]
+    assert [resp.headers["X-RateLimit-Reset"] for resp in responses] == ["2", "2", "2"]
+    assert responses[2].headers["Retry-After"] == "2"
+
+
+def test_rate_limit_headers_only_when_asked(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(1, window=5)
+
+    responses = [requests.get(f"{sim.url}/a", timeout=5) for _ in range(2)]
+
+    assert statuses(responses) == [200, 429]
+    assert not [name for resp in responses for name in resp.headers if name.lower().startswith("x-ratelimit")]
+
+
+def test_rate_limit_decides_before_fail_and_delay(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(1, window=5)
+    headers = {"Idempotency-Key": "k"}
+    assert requests.get(f"{sim.url}/warm", timeout=5).status_code == 200
+
+    refused = requests.post(f"{sim.url}/v1/charges?fail=1&delay=3", headers=headers, timeout=5)
+    sim.set_rate_limit(None)
+    failed = requests.post(f"{sim.url}/v1/charges?fail=1", headers=headers, timeout=5)
+
+    assert refused.status_code == 429
+    assert refused.elapsed.total_seconds() < 1
+    assert failed.status_code == 503
+    assert [c.status for c in sim.calls()] == [200, 429, 503]
+
+
+def test_path_limit_only_throttles_its_path(sim: ProviderSimulator) -> None:
+    limited = [
+        requests.get(f"{sim.url}/a", params={"limit": 2, "limit_window": 5}, timeout=5) for _ in range(3)
+    ]
+    free = [requests.get(f"{sim.url}/b", timeout=5) for _ in range(5)]
+    own_window = [
+        requests.get(f"{sim.url}/b", params={"limit": 1, "limit_window": 5}, timeout=5) for _ in range(2)
+    ]
+
+    assert statuses(limited) == [200, 200, 429]
+    assert 1 <= int(limited[2].headers["Retry-After"]) <= 5
+    assert statuses(free) == [200] * 5
+    assert statuses(own_window) == [200, 429]
+
+
+def test_path_limit_window_defaults_to_one_second(sim: ProviderSimulator) -> None:
+    responses = [requests.get(f"{sim.url}/a", params={"limit": 1}, timeout=5) for _ in range(2)]
+
+    assert statuses(responses) == [200, 429]
+    assert responses[1].headers["Retry-After"] == "1"
+
+
+def test_provider_limit_is_checked_before_path_limit(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(3, window=5)
+
+    responses = [
+        requests.get(f"{sim.url}/a", params={"limit": 1, "limit_window": 5}, timeout=5),
+        requests.get(f"{sim.url}/a", params={"limit": 1, "limit_window": 5}, timeout=5),
+        requests.get(f"{sim.url}/b", timeout=5),
+        requests.get(f"{sim.url}/b", timeout=5),
+        requests.get(f"{sim.url}/b", timeout=5),
+        requests.get(f"{sim.url}/c", params={"limit": 5, "limit_window": 5}, timeout=5),
+    ]
+
+    # The path's refusal takes no provider-wide slot; the provider-wide refusal takes no slot of /c.
+    assert statuses(responses) == [200, 429, 200, 200, 429, 429]
+    sim.set_rate_limit(None)
+    assert requests.get(f"{sim.url}/c", params={"limit": 1, "limit_window": 5}, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": 0}, {"limit": "x"}, {"limit": 1, "limit_window": 0}, {"limit_window": 1}]
+)
+def test_invalid_path_limit_answers_400(sim: ProviderSimulator, params: dict[str, int | str]) -> None:
+    assert requests.get(f"{sim.url}/a", params=params, timeout=5).status_code == 400
+
+
+@pytest.mark.parametrize(("limit", "window"), [(0, 1.0), (1, 0.0), (1, float("inf"))])
+def test_set_rate_limit_rejects_invalid_values(sim: ProviderSimulator, limit: int, window: float) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        sim.set_rate_limit(limit, window)
+
+
+def test_reset_and_none_end_the_rate_limit(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(1, window=5)
+    path = {"limit": 1, "limit_window": 5}
+    before = [requests.get(f"{sim.url}/a", params=path, timeout=5) for _ in range(2)]
+
+    sim.reset()
+    after_reset = [
+        requests.get(f"{sim.url}/a", params=path, timeout=5),
+        requests.get(f"{sim.url}/b", timeout=5),
+    ]
+    sim.set_rate_limit(1, window=5)
+    sim.set_rate_limit(None)
+    after_none = [requests.get(f"{sim.url}/b", timeout=5) for _ in range(2)]
+
+    assert statuses(before) == [200, 429]
+    assert statuses(after_reset) == [200, 200]
+    assert statuses(after_none) == [200, 200]
+
+
+def test_rate_limit_does_not_count_outage_or_dropped_requests(sim: ProviderSimulator) -> None:
+    sim.set_rate_limit(1, window=5, headers=True)
+    sim.set_outage(503)
+    during = [requests.get(f"{sim.url}/a", timeout=5) for _ in range(3)]
+    sim.set_outage(None)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{sim.url}/a", params={"drop": 1}, timeout=5)
+    after = [requests.get(f"{sim.url}/a", timeout=5) for _ in range(2)]
+
+    assert statuses(during) == [503] * 3
+    assert "X-RateLimit-Limit" not in during[0].headers
+    assert statuses(after) == [200, 429]
+    assert [c.status for c in sim.calls()] == [503, 503, 503, 0, 200, 429]

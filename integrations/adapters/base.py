@@ -54,6 +54,14 @@ class HttpCall:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """A successful answer: the operation's response model and the answer's headers."""
+
+    model: BaseModel
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class OperationSpec:
     """What ``@operation`` records about one operation of an adapter."""
 
@@ -123,8 +131,9 @@ class Adapter:
                 f"{self.provider.name}: adapter {self.name!r} has no operation {operation!r} (it has: {known})"
             ) from None
 
-    def call(self, operation: str, payload: BaseModel, *, idempotency_key: str, request_id: str) -> BaseModel:
-        """Make one attempt; return the parsed response or raise an ``OperationError``."""
+    def call(self, operation: str, payload: BaseModel, *, idempotency_key: str, request_id: str) -> Reply:
+        """Make one attempt; return the parsed response or raise an ``OperationError`` (whose
+        ``headers`` are the answer's, when there was one)."""
         spec = self.spec(operation)
         call = spec.build(self, payload)
         headers = {
@@ -163,10 +172,15 @@ class Adapter:
             raise InvalidRequest(
                 f"{where}: the request cannot be sent ({type(exc).__name__}); check the payload"
             ) from exc
-        error = self.classify(operation, response)
-        if error is not None:
-            raise error
-        return self.parse_response(spec, response)
+        answer_headers = dict(response.headers)
+        try:
+            error = self.classify(operation, response)
+            if error is not None:
+                raise error
+            return Reply(self.parse_response(spec, response), answer_headers)
+        except OperationError as exc:
+            exc.headers = answer_headers
+            raise
 
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
         """Map a non-success answer to an error; ``None`` means success. Adapters refine this."""

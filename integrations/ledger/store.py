@@ -59,6 +59,7 @@ class OperationRecord:
     finished_at: datetime | None
     next_attempt_at: datetime | None
     lease_expires_at: datetime | None
+    waiting: str | None
 
     def to_json(self) -> dict[str, Any]:
         """The record as operators see it (``integrations ops show --json``)."""
@@ -239,6 +240,7 @@ class Ledger:
             "updated_at": now,
             "lease_expires_at": now + lease,
             "next_attempt_at": None,
+            "waiting": None,
         }
         if takeover is not None:
             operation, fingerprint, payload = takeover
@@ -269,11 +271,52 @@ class Ledger:
             "updated_at": now,
             "lease_expires_at": None,
             "next_attempt_at": next_attempt_at,
+            "waiting": None,
             "response": response,
             "error": error.model_dump(mode="json") if error else None,
             "finished_at": now if status.terminal else None,
         }
         return self._compare_and_set(record, values)
+
+    def record_wait(
+        self,
+        record: OperationRecord | None,
+        *,
+        provider: str,
+        operation: str,
+        idempotency_key: str,
+        fingerprint: str,
+        payload: Any,
+        request_id: str | None,
+        reason: str,
+        until: datetime,
+    ) -> None:
+        """Note that the operation waits (a guard deferred it) and until when; no attempt is used.
+
+        Best effort: if another worker changed the row meanwhile, its newer state stands."""
+        now = self.clock()
+        if record is None:
+            values = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
+                "waiting": reason,
+                "next_attempt_at": until,
+            }
+            try:
+                with self._begin() as connection:
+                    connection.execute(insert(_table).values(**values))
+            except IntegrityError:
+                pass
+            return
+        self._compare_and_set(
+            record,
+            {
+                "status": OperationStatus.QUEUED.value,
+                "version": record.version + 1,
+                "updated_at": now,
+                "waiting": reason,
+                "next_attempt_at": until,
+                "lease_expires_at": None,
+            },
+        )
 
     def reset_for_replay(self, operation_id: str) -> OperationRecord:
         """Make a failed or dead operation queued again with a fresh attempt budget."""
@@ -367,6 +410,7 @@ def _new_row(
         "finished_at": None,
         "next_attempt_at": None,
         "lease_expires_at": None,
+        "waiting": None,
     }
 
 

@@ -108,5 +108,5 @@ def decide(
             return Exhausted(record)
         return Claim(record)
     if record.next_attempt_at is not None and record.next_attempt_at > now:
-        return Wait(record.next_attempt_at, "backoff")
+        return Wait(record.next_attempt_at, record.waiting or "backoff")
     return Claim(record)

@@ -10,12 +10,14 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import socket
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -66,6 +68,62 @@ class _BadParameter(ValueError):
     pass
 
 
+class _Arrivals:
+    """Arrival times of the requests one sliding window counts, oldest first; the simulator's lock guards it."""
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+
+    def admit(self, arrived: float, limit: int, window: float) -> float | None:
+        """Count a request if fewer than ``limit`` arrived in the ``window`` seconds up to it.
+
+        Returns the time it is counted at (to release it with), or ``None`` when the window is full. Requests
+        decided out of arrival order by concurrent handlers count at the latest time seen, so the log stays
+        sorted and no window ever holds more than ``limit``.
+        """
+        if self._times:
+            arrived = max(arrived, self._times[-1])
+        while self._times and self._times[0] <= arrived - window:
+            self._times.popleft()
+        if len(self._times) >= limit:
+            return None
+        self._times.append(arrived)
+        return arrived
+
+    def release(self, counted_at: float) -> None:
+        with contextlib.suppress(ValueError):
+            self._times.remove(counted_at)
+
+    def in_window(self, window: float, now: float) -> int:
+        return sum(1 for arrived in self._times if arrived > now - window)
+
+    def seconds_until_free(self, window: float, now: float) -> int:
+        """Whole seconds, rounded up, until the oldest request in the window leaves it; 0 when it is empty."""
+        oldest = next((arrived for arrived in self._times if arrived > now - window), None)
+        return 0 if oldest is None else max(0, math.ceil(oldest + window - now))
+
+
+@dataclass(frozen=True, slots=True)
+class _RateLimit:
+    limit: int
+    window: float
+    headers: bool
+    arrivals: _Arrivals
+
+
+@dataclass(slots=True)
+class _Admission:
+    """What the rate limiters did with one request: the provider-wide limit it met and the slots it took."""
+
+    rate_limit: _RateLimit | None = None
+    counted: list[tuple[_Arrivals, float]] = field(default_factory=list)
+
+    def release(self) -> None:
+        for arrivals, counted_at in self.counted:
+            arrivals.release(counted_at)
+        self.counted.clear()
+
+
 def _error_body(status: int, message: str | None = None, error_type: str = "simulated") -> bytes:
     error = {"type": error_type, "message": message or f"simulated {status}", "status": status}
     return json.dumps({"error": error}).encode()
@@ -109,6 +167,29 @@ def _delay_param(query: dict[str, str]) -> float:
     return value
 
 
+def _path_limit_params(query: dict[str, str]) -> tuple[int, float] | None:
+    if "limit" not in query:
+        if "limit_window" in query:
+            raise _BadParameter("limit_window needs limit")
+        return None
+    limit = _int_param(query, "limit", 0)
+    if limit < 1:
+        raise _BadParameter(f"limit must be at least 1, got {limit}")
+    raw = query.get("limit_window", "1")
+    try:
+        window = float(raw)
+    except ValueError:
+        raise _BadParameter(f"limit_window must be a number of seconds, got {raw!r}") from None
+    if not 0.0 < window < float("inf"):
+        raise _BadParameter(f"limit_window must be a finite, positive number of seconds, got {raw!r}")
+    return limit, window
+
+
+def _too_many(arrivals: _Arrivals, window: float) -> _Response:
+    retry_after = max(1, arrivals.seconds_until_free(window, time.monotonic()))
+    return _error(429, str(retry_after))
+
+
 def _flag_param(query: dict[str, str], name: str) -> bool:
     return query.get(name, "").lower() in {"1", "true", "yes", "on"}
 
@@ -136,7 +217,10 @@ class ProviderSimulator:
     ``delay=0.5`` stalls before answering; ``drop=1`` closes the connection unanswered (only the failing
     requests when combined with ``fail``); ``text=1`` answers ``text/plain`` ``ok``; ``cut=1`` cuts the
     success answer off halfway through its body; ``trickle=5`` spreads it over 5 s in small pieces (no
-    read ever waits long, so a per-read client timeout does not fire). ``set_outage()``
+    read ever waits long, so a per-read client timeout does not fire). ``limit=5&limit_window=0.5`` lets
+    at most five requests to that path through in any 0.5 s (``limit_window`` defaults to 1) and answers the
+    rest 429 with ``Retry-After``, a separate sliding window per path, decided before ``fail``, ``status``
+    and ``delay``. ``set_rate_limit()`` does the same across all paths, checked first. ``set_outage()``
     overrides all of it. The socket is bound on construction, so ``url`` is known before ``start()``.
     """
 
@@ -145,6 +229,8 @@ class ProviderSimulator:
         self._calls: list[RecordedRequest] = []
         self._fail_counts: dict[tuple[str, str], int] = {}
         self._outage: tuple[int, str | None] | None = None
+        self._rate_limit: _RateLimit | None = None
+        self._path_arrivals: dict[str, _Arrivals] = {}
         self._stopping = threading.Event()
         self._server = _Server((host, port), self)
         self._thread: threading.Thread | None = None
@@ -216,6 +302,8 @@ class ProviderSimulator:
             self._calls.clear()
             self._fail_counts.clear()
             self._outage = None
+            self._rate_limit = None
+            self._path_arrivals.clear()
 
     def set_outage(self, status: int | None, retry_after: float | None = None) -> None:
         if status is None:
@@ -230,17 +318,45 @@ class ProviderSimulator:
         with self._lock:
             self._outage = (status, header)
 
+    def set_rate_limit(self, limit: int | None, window: float = 1.0, headers: bool = False) -> None:
+        """Answer 429 to any request that would be the ``limit + 1``-th in the ``window`` seconds up to it.
+
+        A strict provider-wide sliding window over all paths and methods: it counts every request answered
+        outside an outage, except those it refuses and those dropped unanswered. A refusal carries
+        ``Retry-After``, whole seconds (at least 1) until the oldest counted request leaves the window.
+        With ``headers``, every answer it counted or refused also carries ``X-RateLimit-Limit``,
+        ``X-RateLimit-Remaining`` (after this request) and ``X-RateLimit-Reset`` (whole seconds until the
+        oldest counted request leaves the window, 0 when none is in it). Changing the limit keeps the
+        requests already counted; ``None`` ends it and forgets them, as does ``reset()``.
+        """
+        if limit is None:
+            with self._lock:
+                self._rate_limit = None
+            return
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if not 0.0 < window < float("inf"):
+            raise ValueError(f"window must be a finite, positive number of seconds, got {window}")
+        with self._lock:
+            arrivals = self._rate_limit.arrivals if self._rate_limit is not None else _Arrivals()
+            self._rate_limit = _RateLimit(limit, window, headers, arrivals)
+
     def _wait(self, seconds: float) -> None:
         self._stopping.wait(seconds)
 
     def _handle(self, request: _Request) -> _Response:
+        admission = _Admission()
         try:
-            response = self._decide(request)
+            response = self._decide(request, admission)
         except _BadParameter as exc:
             response = _Response(
                 400, _error_body(400, str(exc), "invalid_simulator_parameter"), "application/json"
             )
         with self._lock:
+            if response.drop:
+                admission.release()
+            elif admission.rate_limit is not None and admission.rate_limit.headers:
+                response = replace(response, headers=response.headers + _limit_headers(admission.rate_limit))
             self._calls.append(
                 RecordedRequest(
                     method=request.method,
@@ -255,14 +371,17 @@ class ProviderSimulator:
             )
         return response
 
-    def _decide(self, request: _Request) -> _Response:
+    def _decide(self, request: _Request, admission: _Admission) -> _Response:
         query = request.query
-        delay = _delay_param(query)
         with self._lock:
             outage = self._outage
         if outage is not None:
-            return _error(outage[0], outage[1], delay)
+            return _error(outage[0], outage[1], _delay_param(query))
+        refusal = self._admit(request, admission)
+        if refusal is not None:
+            return refusal
 
+        delay = _delay_param(query)
         retry_after = query.get("retry_after")
         if retry_after is not None and ("\r" in retry_after or "\n" in retry_after):
             raise _BadParameter("retry_after must not contain line breaks")
@@ -290,6 +409,29 @@ class ProviderSimulator:
             status = _status_param(query, "ok_status", 200)
         return self._success(request, status, delay)
 
+    def _admit(self, request: _Request, admission: _Admission) -> _Response | None:
+        """Count the request against the provider-wide limit, then its path's; a 429 when either is full."""
+        with self._lock:
+            rate_limit = admission.rate_limit = self._rate_limit
+            if rate_limit is not None:
+                counted_at = rate_limit.arrivals.admit(
+                    request.received_at, rate_limit.limit, rate_limit.window
+                )
+                if counted_at is None:
+                    return _too_many(rate_limit.arrivals, rate_limit.window)
+                admission.counted.append((rate_limit.arrivals, counted_at))
+            path_limit = _path_limit_params(request.query)
+            if path_limit is None:
+                return None
+            limit, window = path_limit
+            arrivals = self._path_arrivals.setdefault(request.path, _Arrivals())
+            counted_at = arrivals.admit(request.received_at, limit, window)
+            if counted_at is None:
+                admission.release()
+                return _too_many(arrivals, window)
+            admission.counted.append((arrivals, counted_at))
+        return None
+
     def _success(self, request: _Request, status: int, delay: float) -> _Response:
         if status in _NO_BODY_STATUSES:
             return _Response(status, delay=delay)
@@ -311,12 +453,25 @@ class ProviderSimulator:
         return _Response(status, body, "application/json", delay=delay, cut=cut, trickle=trickle)
 
 
+def _limit_headers(rate_limit: _RateLimit) -> tuple[tuple[str, str], ...]:
+    now = time.monotonic()
+    arrivals, window = rate_limit.arrivals, rate_limit.window
+    return (
+        ("X-RateLimit-Limit", str(rate_limit.limit)),
+        ("X-RateLimit-Remaining", str(max(0, rate_limit.limit - arrivals.in_window(window, now)))),
+        ("X-RateLimit-Reset", str(arrivals.seconds_until_free(window, now))),
+    )
+
+
 def _canonical_query(query: dict[str, str]) -> str:
     return "&".join(f"{name}={value}" for name, value in sorted(query.items()))
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = (
+        128  # the default 5 drops a fleet's concurrent connects, which then retry a second later
+    )
 
     def __init__(self, address: tuple[str, int], simulator: ProviderSimulator) -> None:
         if ":" in address[0]:

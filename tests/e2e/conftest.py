@@ -33,6 +33,9 @@ def providers_toml(simulator_url: str) -> str:
 adapter = "http"
 base_url = "{simulator_url}"
 timeout = 1.0
+[providers.sim.breaker]  # these tests are about the core; the breaker's own are elsewhere
+fail_max = 1000
+min_calls = 1000
 [providers.sim.retry]
 max_attempts = 3
 backoff_base = 0.05

@@ -242,7 +242,7 @@ def test_call_sends_the_request_and_idempotency_headers(
         },
     )
 
-    result = adapter.call("request", payload, idempotency_key="charge-1", request_id="req-1")
+    result = adapter.call("request", payload, idempotency_key="charge-1", request_id="req-1").model
 
     assert isinstance(result, HttpResponse)
     assert result.status_code == 200
@@ -264,7 +264,7 @@ def test_call_sends_the_request_and_idempotency_headers(
 def test_call_returns_text_bodies_as_text(adapter: HttpAdapter, simulator: ProviderSimulator) -> None:
     payload = adapter.parse_payload("request", {"method": "GET", "path": "/v1/ping", "params": {"text": 1}})
 
-    result = adapter.call("request", payload, idempotency_key="k", request_id="r")
+    result = adapter.call("request", payload, idempotency_key="k", request_id="r").model
 
     assert result == HttpResponse(status_code=200, body="ok")
 
@@ -275,7 +275,7 @@ def test_call_without_a_body(
 ) -> None:
     payload = adapter.parse_payload("request", {"method": method, "path": "/v1/orders/7", "params": query})
 
-    result = adapter.call("request", payload, idempotency_key="k", request_id="r")
+    result = adapter.call("request", payload, idempotency_key="k", request_id="r").model
 
     assert result == HttpResponse(status_code=204 if query else 200, body=None)
     assert [call.method for call in simulator.calls("/v1/orders/7")] == [method]

@@ -49,6 +49,7 @@ def record(status: OperationStatus, **changes: Any) -> OperationRecord:
         "finished_at": NOW - timedelta(minutes=1) if status.terminal else None,
         "next_attempt_at": None,
         "lease_expires_at": None,
+        "waiting": None,
     }
     return OperationRecord(**(values | changes))
 

@@ -1,0 +1,165 @@
+"""A circuit breaker per provider whose state lives in Redis, shared by every worker on every machine.
+
+It keeps pybreaker's model and vocabulary (closed, open, half-open; ``fail_max``, ``reset_timeout``;
+business errors excluded) but not its state machine: pybreaker decides transitions in each process by
+reading its storage and writing it back, so with Redis storage concurrent failures overwrite each other's
+counts, every process probes at once when it half-opens, a success can close over an open, and a Redis
+error falls back to "closed". Here each decision is one Lua script on the Redis server's clock: counts
+are exact, the crossing call alone opens the breaker, and exactly one probe is let through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pybreaker
+import redis
+
+from integrations import keys
+from integrations.providers import BreakerSettings
+from integrations.resilience.scripts import script
+
+CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
+WINDOW_SLOTS = 20
+KEY_TTL_MS = 7 * 24 * 3600 * 1000  # a breaker nobody used for a week starts afresh, closed
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The breaker's answer before a call: go ahead (maybe as the probe), or wait ``wait`` seconds."""
+
+    allowed: bool
+    probe: bool
+    wait: float
+    state: str
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    provider: str
+    state: str
+    forced: str | None
+    forced_until: datetime | None
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    failures: int
+    successes: int
+    transitions: int
+    opened_at: datetime | None
+    half_open_at: datetime | None
+    probe_in_flight: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else value
+            for name, value in self.__dict__.items()
+        }
+
+
+def _time(ms: str | None) -> datetime | None:
+    if not ms or float(ms) == 0:
+        return None
+    return datetime.fromtimestamp(int(float(ms)) / 1000, UTC)
+
+
+class SharedBreaker:
+    """The breaker of one provider."""
+
+    def __init__(
+        self, client: redis.Redis, provider: str, settings: BreakerSettings, *, probe_ttl: float
+    ) -> None:
+        self.client = client
+        self.provider = provider
+        self.settings = settings
+        self.probe_ttl = probe_ttl
+        self.key = keys.breaker(provider)
+        self.window_key = keys.breaker_window(provider)
+        self._admit = script(client, "breaker_admit")
+        self._record = script(client, "breaker_record")
+
+    def admit(self, token: str) -> Admission:
+        verdict, wait_ms, state = self._admit(
+            keys=[self.key], args=[token, int(self.probe_ttl * 1000), KEY_TTL_MS]
+        )
+        state = str(state)
+        return Admission(allowed=verdict > 0, probe=verdict == 2, wait=int(wait_ms) / 1000, state=state)
+
+    def record(self, token: str, *, failed: bool) -> str:
+        """Count a call's result; returns the transition it caused: 'opened', 'closed' or ''."""
+        s = self.settings
+        transition, _state, _consecutive = self._record(
+            keys=[self.key, self.window_key],
+            args=[
+                token,
+                1 if failed else 0,
+                s.fail_max,
+                repr(s.failure_rate),
+                s.min_calls,
+                int(s.window * 1000),
+                WINDOW_SLOTS,
+                int(s.reset_timeout * 1000),
+                KEY_TTL_MS,
+            ],
+        )
+        return str(transition)
+
+    def force_open(self, seconds: float | None = None) -> None:
+        """Hold the breaker open (a maintenance window) until ``close`` or for ``seconds``."""
+        now_ms = self._now_ms()
+        until = 0 if seconds is None else now_ms + int(seconds * 1000)
+        with self.client.pipeline() as pipe:
+            pipe.hset(self.key, mapping={"forced": "open", "forced_until": until})
+            pipe.persist(self.key) if seconds is None else pipe.pexpire(self.key, KEY_TTL_MS)
+            pipe.execute()
+
+    def close(self) -> None:
+        """End any forcing and start closed with fresh counts."""
+        with self.client.pipeline() as pipe:
+            pipe.delete(self.key, self.window_key)
+            pipe.execute()
+
+    def status(self) -> BreakerStatus:
+        with self.client.pipeline() as pipe:
+            pipe.hgetall(self.key)
+            pipe.hgetall(self.window_key)
+            pipe.time()
+            fields, window, (seconds, micros) = pipe.execute()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        slots = {k: int(v) for k, v in window.items()}
+        period = int(now // (self.settings.window * 1000 / WINDOW_SLOTS))
+        calls = failures = 0
+        for slot in range(WINDOW_SLOTS):
+            if slots.get(f"t{slot}", -1) > period - WINDOW_SLOTS:
+                calls += slots.get(f"c{slot}", 0)
+                failures += slots.get(f"f{slot}", 0)
+        current = fields.get("state", CLOSED)
+        forced_until = int(fields.get("forced_until") or 0)
+        forced = fields.get("forced") or None
+        if forced and forced_until and forced_until <= now:
+            forced, forced_until = None, 0
+        return BreakerStatus(
+            provider=self.provider,
+            state=current,
+            forced=forced,
+            forced_until=_time(str(forced_until)),
+            consecutive_failures=int(fields.get("consecutive", 0)),
+            window_calls=calls,
+            window_failures=failures,
+            failures=int(fields.get("failures", 0)),
+            successes=int(fields.get("successes", 0)),
+            transitions=int(fields.get("transitions", 0)),
+            opened_at=_time(fields.get("opened_at")) if current != CLOSED else None,
+            half_open_at=_time(fields.get("open_until")) if current == OPEN else None,
+            probe_in_flight=current == HALF_OPEN and int(fields.get("probe_until", 0) or 0) > now,
+        )
+
+    def _now_ms(self) -> int:
+        return now_ms(self.client)
+
+
+def now_ms(client: redis.Redis) -> int:
+    """The Redis server's clock, in ms: the one clock every worker shares."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -1,0 +1,152 @@
+"""The shared breaker and throttle as pipeline guards, and what they do when Redis cannot be reached."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from integrations import keys
+from integrations.errors import ErrorType, OperationError
+from integrations.pipeline import Attempt, Defer, Observation
+from integrations.providers import ProviderSettings
+from integrations.resilience.breaker import HALF_OPEN, SharedBreaker
+from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
+from integrations.resilience.throttle import Throttle
+
+log = logging.getLogger("integrations.resilience")
+
+# How soon an operation looks again when Redis is down, or while another worker's probe is in flight.
+REDIS_DOWN_WAIT = 5.0
+PROBE_POLL = 1.0
+# Usage of a provider's own quota above this logs a warning, once per quota window.
+USAGE_WARNING = 0.8
+
+
+class RedisGuard:
+    """A guard whose state is in Redis. With Redis out of reach it defers the operation (the default)
+    or, with ``when_redis_down = "call"``, lets it through unguarded."""
+
+    def __init__(self, provider: ProviderSettings) -> None:
+        self.provider = provider
+
+    def admit(self, attempt: Attempt) -> Defer | None:
+        try:
+            return self._admit(attempt)
+        except redis.RedisError as exc:
+            if self.provider.when_redis_down == "call":
+                log.warning(
+                    "%s: Redis unreachable, calling without %s: %s", self.provider.name, self.what, exc
+                )
+                return None
+            log.error("%s: Redis unreachable, operation waits (%s): %s", self.provider.name, self.what, exc)
+            return Defer(REDIS_DOWN_WAIT, "redis_unavailable")
+
+    def observe(self, attempt: Attempt, observation: Observation) -> None:
+        try:
+            self._observe(attempt, observation)
+        except redis.RedisError as exc:
+            log.warning(
+                "%s: Redis unreachable, %s did not see a call's result: %s",
+                self.provider.name,
+                self.what,
+                exc,
+            )
+
+    what = "guard"
+
+    def _admit(self, attempt: Attempt) -> Defer | None:
+        raise NotImplementedError
+
+    def _observe(self, attempt: Attempt, observation: Observation) -> None:
+        raise NotImplementedError
+
+
+def counts_as_failure(error: OperationError | None, seconds: float, slow_call: float | None) -> bool:
+    """What the breaker counts against a provider: transient failures and slow calls. Rejections,
+    invalid requests and conflicts show a provider that answers; a 429 is the throttle's business."""
+    if slow_call is not None and seconds > slow_call:
+        return True
+    return error is not None and error.retryable and error.error_type is not ErrorType.RATE_LIMITED
+
+
+class BreakerGuard(RedisGuard):
+    what = "the circuit breaker"
+
+    def __init__(self, provider: ProviderSettings, breaker: SharedBreaker) -> None:
+        super().__init__(provider)
+        self.breaker = breaker
+
+    def _admit(self, attempt: Attempt) -> Defer | None:
+        admission = self.breaker.admit(attempt.token)
+        if admission.allowed:
+            return None
+        if admission.state == HALF_OPEN:  # another worker's probe is in flight: look again soon
+            return Defer(min(admission.wait, PROBE_POLL), "breaker_half_open")
+        return Defer(admission.wait, f"breaker_{admission.state.replace('-', '_')}")
+
+    def _observe(self, attempt: Attempt, observation: Observation) -> None:
+        failed = counts_as_failure(observation.error, observation.seconds, self.provider.breaker.slow_call)
+        transition = self.breaker.record(attempt.token, failed=failed)
+        if transition == "opened":
+            log.warning(
+                "%s: circuit breaker opened for every worker; calls resume with one probe in %gs",
+                self.provider.name,
+                self.provider.breaker.reset_timeout,
+            )
+        elif transition == "closed":
+            log.warning("%s: circuit breaker closed: the probe call succeeded", self.provider.name)
+
+
+class ThrottleGuard(RedisGuard):
+    what = "the throttle"
+
+    def __init__(self, provider: ProviderSettings, throttle: Throttle) -> None:
+        super().__init__(provider)
+        self.throttle = throttle
+
+    def _admit(self, attempt: Attempt) -> Defer | None:
+        per_key = self.provider.per_key
+        account = _field(attempt.raw_payload, per_key.field) if per_key else None
+        take = self.throttle.take(attempt.token, account)
+        if take.allowed:
+            return None
+        return Defer(take.wait, "paused" if take.why == "paused" else "throttled")
+
+    def _observe(self, attempt: Attempt, observation: Observation) -> None:
+        error = observation.error
+        name = self.provider.name
+        if error is not None and error.error_type is ErrorType.RATE_LIMITED:
+            wait = getattr(error, "retry_after", None) or max(1.0, self.provider.retry.backoff_base)
+            paused = self.throttle.pause(wait)
+            log.warning("%s: 429 from the provider; every worker pauses it for %.1fs", name, paused)
+        state = parse_rate_limit_headers(observation.headers)
+        if state is None:
+            return
+        if state.exhausted and state.reset_after:
+            paused = self.throttle.pause(state.reset_after)
+            log.warning("%s: the provider's quota is spent; every worker pauses it for %.1fs", name, paused)
+        usage = state.usage
+        if usage is not None and usage >= USAGE_WARNING:
+            window_ms = int((state.reset_after or 60.0) * 1000) or 1000
+            if self.throttle.client.set(keys.usage_warned(name), "1", nx=True, px=window_ms):
+                log.warning(
+                    "%s: %.0f%% of the provider's rate limit used (%s of %s left; resets in %ss)",
+                    name,
+                    usage * 100,
+                    state.remaining,
+                    state.limit,
+                    state.reset_after,
+                )
+
+
+def _field(payload: Mapping[str, Any], path: str) -> str | None:
+    """A payload field by dotted path (``json.account``), as text; None when absent."""
+    value: Any = payload
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return None if value is None else str(value)

@@ -1,0 +1,107 @@
+"""One token bucket per provider (and optionally per account) in Redis, for the whole fleet of workers.
+
+The bucket is the generic cell rate algorithm, a token bucket kept as one timestamp: atomic in one Lua
+script, on the Redis server's clock, never more than ``burst + rate x t`` calls in any ``t``. The live
+override that ``integrations limits set`` writes is read by that same script on every call, so every
+worker sees a change at its next call. A 429, or a provider's own quota headers reaching zero, pause the
+provider for every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from integrations import keys
+from integrations.providers import ProviderSettings, Rate
+from integrations.resilience.breaker import now_ms
+from integrations.resilience.scripts import script
+
+# A reservation outlives its slot by this much, for a message that comes back late (a busy worker).
+RESERVATION_GRACE_MS = 10 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class Take:
+    """The bucket's answer: go ahead, or come back in ``wait`` seconds (a slot is held for you)."""
+
+    allowed: bool
+    wait: float
+    why: str  # admitted, reserved, paused, throttled
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate: float | None  # calls per second; None: no limit
+    burst: int | None
+    overridden: bool
+
+
+class Throttle:
+    """The bucket(s) and pause of one provider."""
+
+    def __init__(self, client: redis.Redis, provider: ProviderSettings) -> None:
+        self.client = client
+        self.provider = provider
+        name = provider.name
+        self.bucket_key = keys.bucket(name)
+        self.pause_key = keys.pause(name)
+        self.limits_key = keys.limits(name)
+        self._take = script(client, "throttle")
+        self._pause = script(client, "pause")
+
+    def take(self, token: str, account: str | None = None) -> Take:
+        provider = self.provider
+        rate = provider.rate_limit.per_second if provider.rate_limit else 0
+        per_key = provider.per_key if account is not None else None
+        allowed, wait_ms, why = self._take(
+            keys=[
+                self.bucket_key,
+                keys.account_bucket(provider.name, account or ""),
+                self.pause_key,
+                self.limits_key,
+                keys.reservation(provider.name, token),
+            ],
+            args=[
+                repr(rate),
+                provider.capacity or 1,
+                repr(per_key.rate_limit.per_second) if per_key else 0,
+                per_key.capacity if per_key else 1,
+                RESERVATION_GRACE_MS,
+            ],
+        )
+        return Take(bool(allowed), int(wait_ms) / 1000, str(why))
+
+    def pause(self, seconds: float) -> float:
+        """Pause the provider for every worker for ``seconds`` (kept if already paused for longer);
+        returns the seconds until the pause ends."""
+        until_ms = self._pause(keys=[self.pause_key], args=[max(1, int(seconds * 1000))])
+        return max(0.0, (int(until_ms) - now_ms(self.client)) / 1000)
+
+    def paused_for(self) -> float:
+        with self.client.pipeline() as pipe:
+            pipe.get(self.pause_key)
+            pipe.time()
+            value, (seconds, micros) = pipe.execute()
+        return max(0.0, (float(value or 0) - (int(seconds) * 1000 + int(micros) // 1000)) / 1000)
+
+    def limits(self) -> Limits:
+        override = cast(dict[str, str], self.client.hgetall(self.limits_key))
+        if override:
+            return Limits(float(override["rate"]), int(override["burst"]), overridden=True)
+        rate = self.provider.rate_limit
+        return Limits(rate.per_second if rate else None, self.provider.capacity, overridden=False)
+
+    def set_limits(self, rate: Rate, burst: int | None = None) -> Limits:
+        """Override the file's rate (and burst) for every worker, until ``reset_limits``."""
+        size = burst or max(1, round(rate.per_second))
+        self.client.hset(
+            self.limits_key, mapping={"rate": repr(rate.per_second), "burst": size, "text": rate.text}
+        )
+        return Limits(rate.per_second, size, overridden=True)
+
+    def reset_limits(self) -> Limits:
+        self.client.delete(self.limits_key)
+        return self.limits()
