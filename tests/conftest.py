@@ -109,3 +109,19 @@ def simulator(simulator_server: ProviderSimulator) -> ProviderSimulator:
     """The provider simulator, with no recorded calls and no outage."""
     simulator_server.reset()
     return simulator_server
+
+
+@pytest.fixture
+def shared_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the test Redis as the breaker and throttle use it (decoded responses)."""
+    from integrations.resilience.scripts import redis_client
+
+    client = redis_client(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def provider_name() -> str:
+    """A provider name of the test's own, so its Redis keys are its own."""
+    return f"p-{uuid.uuid4().hex[:10]}"

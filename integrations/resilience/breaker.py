@@ -10,6 +10,7 @@ are exact, the crossing call alone opens the breaker, and exactly one probe is l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -68,9 +69,18 @@ class SharedBreaker:
     """The breaker of one provider."""
 
     def __init__(
-        self, client: redis.Redis, provider: str, settings: BreakerSettings, *, probe_ttl: float
+        self,
+        client: redis.Redis,
+        provider: str,
+        settings: BreakerSettings,
+        *,
+        probe_ttl: float,
+        clock: Callable[[], int] | None = None,
     ) -> None:
+        """``client`` decodes responses (``scripts.redis_client``); ``clock`` (ms) replaces the Redis
+        server's clock, for tests that must not wait."""
         self.client = client
+        self.clock = clock
         self.provider = provider
         self.settings = settings
         self.probe_ttl = probe_ttl
@@ -81,7 +91,7 @@ class SharedBreaker:
 
     def admit(self, token: str) -> Admission:
         verdict, wait_ms, state = self._admit(
-            keys=[self.key], args=[token, int(self.probe_ttl * 1000), KEY_TTL_MS]
+            keys=[self.key], args=[token, int(self.probe_ttl * 1000), KEY_TTL_MS, self._injected()]
         )
         state = str(state)
         return Admission(allowed=verdict > 0, probe=verdict == 2, wait=int(wait_ms) / 1000, state=state)
@@ -101,6 +111,7 @@ class SharedBreaker:
                 WINDOW_SLOTS,
                 int(s.reset_timeout * 1000),
                 KEY_TTL_MS,
+                self._injected(),
             ],
         )
         return str(transition)
@@ -126,7 +137,7 @@ class SharedBreaker:
             pipe.hgetall(self.window_key)
             pipe.time()
             fields, window, (seconds, micros) = pipe.execute()
-        now = int(seconds) * 1000 + int(micros) // 1000
+        now = self.clock() if self.clock else int(seconds) * 1000 + int(micros) // 1000
         slots = {k: int(v) for k, v in window.items()}
         period = int(now // (self.settings.window * 1000 / WINDOW_SLOTS))
         calls = failures = 0
@@ -156,7 +167,10 @@ class SharedBreaker:
         )
 
     def _now_ms(self) -> int:
-        return now_ms(self.client)
+        return self.clock() if self.clock else now_ms(self.client)
+
+    def _injected(self) -> str:
+        return "" if self.clock is None else str(self.clock())
 
 
 def now_ms(client: redis.Redis) -> int:

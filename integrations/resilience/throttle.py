@@ -9,6 +9,7 @@ provider for every worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -30,6 +31,7 @@ class Take:
     allowed: bool
     wait: float
     why: str  # admitted, reserved, paused, throttled
+    at: float  # the slot granted (now, or the reserved one), else now: seconds on the bucket's clock
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,12 @@ class Limits:
 class Throttle:
     """The bucket(s) and pause of one provider."""
 
-    def __init__(self, client: redis.Redis, provider: ProviderSettings) -> None:
+    def __init__(
+        self, client: redis.Redis, provider: ProviderSettings, *, clock: Callable[[], float] | None = None
+    ) -> None:
+        """``clock`` (ms) replaces the Redis server's clock, for tests that must not wait."""
         self.client = client
+        self.clock = clock
         self.provider = provider
         name = provider.name
         self.bucket_key = keys.bucket(name)
@@ -56,7 +62,7 @@ class Throttle:
         provider = self.provider
         rate = provider.rate_limit.per_second if provider.rate_limit else 0
         per_key = provider.per_key if account is not None else None
-        allowed, wait_ms, why = self._take(
+        allowed, wait_ms, why, at = self._take(
             keys=[
                 self.bucket_key,
                 keys.account_bucket(provider.name, account or ""),
@@ -70,22 +76,30 @@ class Throttle:
                 repr(per_key.rate_limit.per_second) if per_key else 0,
                 per_key.capacity if per_key else 1,
                 RESERVATION_GRACE_MS,
+                self._injected(),
             ],
         )
-        return Take(bool(allowed), int(wait_ms) / 1000, str(why))
+        return Take(bool(allowed), int(wait_ms) / 1000, str(why), float(at) / 1000)
 
     def pause(self, seconds: float) -> float:
         """Pause the provider for every worker for ``seconds`` (kept if already paused for longer);
         returns the seconds until the pause ends."""
-        until_ms = self._pause(keys=[self.pause_key], args=[max(1, int(seconds * 1000))])
-        return max(0.0, (int(until_ms) - now_ms(self.client)) / 1000)
+        until_ms = self._pause(keys=[self.pause_key], args=[max(1, int(seconds * 1000)), self._injected()])
+        return max(0.0, (int(until_ms) - self._now_ms()) / 1000)
 
     def paused_for(self) -> float:
         with self.client.pipeline() as pipe:
             pipe.get(self.pause_key)
             pipe.time()
             value, (seconds, micros) = pipe.execute()
-        return max(0.0, (float(value or 0) - (int(seconds) * 1000 + int(micros) // 1000)) / 1000)
+        now = self.clock() if self.clock else int(seconds) * 1000 + int(micros) // 1000
+        return max(0.0, (float(value or 0) - now) / 1000)
+
+    def _now_ms(self) -> float:
+        return self.clock() if self.clock else now_ms(self.client)
+
+    def _injected(self) -> str:
+        return "" if self.clock is None else repr(self.clock())
 
     def limits(self) -> Limits:
         override = cast(dict[str, str], self.client.hgetall(self.limits_key))

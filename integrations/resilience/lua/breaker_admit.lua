@@ -1,9 +1,15 @@
 -- May a call go to the provider? Atomic: of all workers, exactly one gets the half-open probe.
 -- KEYS[1] breaker hash
--- ARGV[1] token of the caller (its message id), ARGV[2] probe ttl ms, ARGV[3] key ttl ms
+-- ARGV[1] token of the caller (its message id), ARGV[2] probe ttl ms, ARGV[3] key ttl ms,
+-- ARGV[4] now in ms, or '' for the Redis server's clock (tests inject a clock)
 -- Returns {verdict, wait_ms, state}: verdict 1 = call, 2 = call as the probe, 0 = wait wait_ms.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now
+if ARGV[4] ~= '' then
+  now = tonumber(ARGV[4])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local key = KEYS[1]
 
 local forced = redis.call('HGET', key, 'forced')

@@ -2,10 +2,16 @@
 -- count, and the call that crosses the threshold is the only one that opens the breaker.
 -- KEYS[1] breaker hash, KEYS[2] window hash
 -- ARGV[1] token, ARGV[2] failed (1/0), ARGV[3] fail_max, ARGV[4] failure_rate, ARGV[5] min_calls,
--- ARGV[6] window ms, ARGV[7] slots in the window, ARGV[8] reset_timeout ms, ARGV[9] key ttl ms
+-- ARGV[6] window ms, ARGV[7] slots in the window, ARGV[8] reset_timeout ms, ARGV[9] key ttl ms,
+-- ARGV[10] now in ms, or '' for the Redis server's clock
 -- Returns {transition, state, consecutive}: transition is 'opened', 'closed' or ''.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now
+if ARGV[10] ~= '' then
+  now = tonumber(ARGV[10])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local key, win = KEYS[1], KEYS[2]
 local failed = ARGV[2] == '1'
 local fail_max, failure_rate, min_calls = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])

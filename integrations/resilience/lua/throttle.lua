@@ -4,24 +4,31 @@
 -- and not again and again; when it comes back, its reservation lets it through.
 -- KEYS[1] bucket, KEYS[2] account bucket, KEYS[3] pause, KEYS[4] live limits, KEYS[5] reservation
 -- ARGV[1] rate per s (file), ARGV[2] burst (file), ARGV[3] account rate per s (0: none),
--- ARGV[4] account burst, ARGV[5] how long a reservation outlives its slot, ms
--- Returns {admitted (1/0), wait_ms, why}: why is 'admitted', 'reserved', 'paused' or 'throttled'.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+-- ARGV[4] account burst, ARGV[5] how long a reservation outlives its slot, ms,
+-- ARGV[6] now in ms, or '' for the Redis server's clock
+-- Returns {admitted (1/0), wait_ms, why, granted}: why is 'admitted', 'reserved', 'paused' or 'throttled';
+-- granted is, as text in ms, the slot the call holds in the bucket (now, or its reserved slot) or now.
+local now
+if ARGV[6] ~= '' then
+  now = tonumber(ARGV[6])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
 
 local reserved = redis.call('GET', KEYS[5])
 if reserved then
   local at = tonumber(reserved)
   if now >= at then
     redis.call('DEL', KEYS[5])
-    return {1, 0, 'reserved'}
+    return {1, 0, 'reserved', reserved}
   end
-  return {0, math.ceil(at - now), 'reserved'}
+  return {0, math.ceil(at - now), 'reserved', tostring(now)}
 end
 
 local paused_until = tonumber(redis.call('GET', KEYS[3]) or '0')
 if now < paused_until then
-  return {0, math.ceil(paused_until - now), 'paused'}
+  return {0, math.ceil(paused_until - now), 'paused', tostring(now)}
 end
 
 local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or ARGV[1])
@@ -59,7 +66,7 @@ if account_tat then
   redis.call('SET', KEYS[2], tostring(account_tat), 'PX', math.ceil(account_tat - now) + 60000)
 end
 if at <= now then
-  return {1, 0, 'admitted'}
+  return {1, 0, 'admitted', tostring(now)}
 end
 redis.call('SET', KEYS[5], tostring(at), 'PX', math.ceil(at - now) + tonumber(ARGV[5]))
-return {0, math.ceil(at - now), 'throttled'}
+return {0, math.ceil(at - now), 'throttled', tostring(now)}
