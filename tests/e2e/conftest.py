@@ -50,6 +50,15 @@ max_attempts = 2
 backoff_base = 0.05
 backoff_max = 0.1
 
+[providers.tuned]
+adapter = "http"
+base_url = "{simulator_url}"
+rate_limit = "100/s"
+
+[providers.fragile]
+adapter = "http"
+base_url = "{simulator_url}"
+
 [providers.down]
 adapter = "http"
 base_url = "http://127.0.0.1:{closed_port()}"
@@ -115,7 +124,17 @@ def worker(
     ledger = Ledger.connect(database)
     try:
         with running_worker(
-            app, env, ["integrations.sim", "integrations.slow", "integrations.down"], folder, loglevel="INFO"
+            app,
+            env,
+            [
+                "integrations.sim",
+                "integrations.slow",
+                "integrations.tuned",
+                "integrations.fragile",
+                "integrations.down",
+            ],
+            folder,
+            loglevel="INFO",
         ) as process:
             yield Worker(process, env, app, ledger)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -227,3 +228,61 @@ def test_a_worker_refuses_to_start_on_an_unmigrated_ledger(worker: Worker, tmp_p
         running_worker(worker.app, env, ["integrations.nothing"], tmp_path, startup_timeout=30),
     ):
         pass
+
+
+def cli(worker: Worker, *args: str) -> str:
+    binary = Path(sys.executable).with_name("integrations")
+    return subprocess.run(
+        [str(binary), *args], env=worker.env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_429_pauses_the_provider_for_every_worker_process(worker: Worker, sim: ProviderSimulator) -> None:
+    first = worker.send(
+        unique("429"), {"method": "POST", "path": "/v1/p?fail=1&fail_status=429&retry_after=2"}
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while not sim.calls(path="/v1/p"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    others = [worker.send(unique("after"), {"method": "POST", "path": "/v1/q"}) for _ in range(4)]
+    for result in [first, *others]:
+        result.get(timeout=TIMEOUT)
+    [rate_limited] = [c for c in sim.calls(path="/v1/p") if c.status == 429]
+    assert all(c.received_at - rate_limited.received_at >= 2.0 for c in sim.calls(path="/v1/q"))
+
+
+def test_a_live_limit_is_seen_by_the_running_worker(worker: Worker, sim: ProviderSimulator) -> None:
+    assert "1/s" in cli(worker, "limits", "set", "tuned", "1/s", "--burst", "1")
+    try:
+        results = [
+            worker.send(unique("tuned"), {"method": "POST", "path": "/v1/t"}, provider="tuned")
+            for _ in range(3)
+        ]
+        for result in results:
+            result.get(timeout=TIMEOUT)
+        arrivals = sorted(c.received_at for c in sim.calls(path="/v1/t"))
+        assert arrivals[2] - arrivals[0] >= 1.5  # the file's 100/s would have sent them within 30 ms
+    finally:
+        cli(worker, "limits", "reset", "tuned")
+
+
+def test_a_forced_open_breaker_holds_operations_until_closed(worker: Worker, sim: ProviderSimulator) -> None:
+    cli(worker, "breaker", "open", "fragile")
+    try:
+        key = unique("held")
+        result = worker.send(key, {"method": "POST", "path": "/v1/f"}, provider="fragile")
+        deadline = time.monotonic() + TIMEOUT
+        while (record := worker.ledger.find("fragile", key)) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shown = json.loads(cli(worker, "ops", "show", key, "--provider", "fragile", "--json"))
+        assert (shown["status"], shown["waiting"], shown["attempts"]) == ("queued", "breaker_forced_open", 0)
+        breakers = json.loads(cli(worker, "breaker", "show", "fragile", "--json"))
+        assert breakers[0]["forced"] == "open"
+        assert sim.calls(path="/v1/f") == []
+    finally:
+        cli(worker, "breaker", "close", "fragile")
+    assert result.get(timeout=TIMEOUT)["attempts"] == 1
+    assert len(sim.calls(path="/v1/f")) == 1
+    assert record.status is OperationStatus.QUEUED
