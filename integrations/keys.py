@@ -26,19 +26,16 @@ def breaker_window(provider: str) -> str:
 
 
 def bucket(provider: str) -> str:
-    """String: the provider's token bucket, as its theoretical arrival time (GCRA), in ms."""
+    """Hash: the provider's token bucket (GCRA arrival times ``v`` and ``a``, in ms), and its pause
+    (``pause``: until when every worker holds off, after a 429 or a spent quota; ``shift``: the pauses'
+    total length, which moves reserved slots after them)."""
     return f"{_tag(provider)}:bucket"
 
 
 def account_bucket(provider: str, account: str) -> str:
-    """String: the bucket of one account of the provider (the account value is hashed, not stored)."""
+    """Hash: the bucket of one account of the provider (the account value is hashed, not stored)."""
     digest = hashlib.sha256(account.encode()).hexdigest()[:16]
     return f"{_tag(provider)}:bucket:account:{digest}"
-
-
-def pause(provider: str) -> str:
-    """String: until when (ms) the provider is paused for every worker, after a 429 or exhausted quota."""
-    return f"{_tag(provider)}:pause"
 
 
 def limits(provider: str) -> str:

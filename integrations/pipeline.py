@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -35,6 +35,8 @@ from integrations.resilience.backoff import ExponentialBackoff, next_delay
 log = logging.getLogger("integrations.operations")
 
 MAX_KEY_LENGTH = 255
+# A guard's wait up to this long is slept through in the worker instead of re-queueing the message.
+INLINE_WAIT = 0.05
 MAX_INTERNAL_ERROR_REDELIVERIES = 5
 
 
@@ -155,6 +157,7 @@ class OperationRunner:
     # Exceptions by which the host interrupts an attempt that runs too long (Celery's soft time limit):
     # such an attempt counts as timed out and is retried.
     interrupts: tuple[type[Exception], ...] = ()
+    sleep: Callable[[float], None] = time.sleep
     backoff: ExponentialBackoff = field(init=False)
 
     def __post_init__(self) -> None:
@@ -219,6 +222,13 @@ class OperationRunner:
             )
             for guard in self.guards:
                 deferral = guard.admit(attempt)
+                for _ in range(
+                    3
+                ):  # a wait of a few ms is waited here: cheaper than a round through the broker
+                    if deferral is None or deferral.delay > INLINE_WAIT:
+                        break
+                    self.sleep(deferral.delay)
+                    deferral = guard.admit(attempt)
                 if deferral is not None:
                     return self._deferred(delivery, message, request_fingerprint, record, deferral)
             request_id = message.request_id or (record.request_id if record else None) or str(uuid.uuid4())

@@ -112,6 +112,9 @@ class ProviderSettings(_Section):
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     rate_limit: Rate | None = None
     burst: Annotated[int, Field(ge=1)] | None = None
+    # The throttle runs this share below rate_limit: room for the jitter between taking a token and the
+    # request reaching the provider, which a provider counting in a strict sliding window would punish.
+    headroom: Annotated[float, Field(ge=0, lt=0.5)] = 0.03
     per_key: PerKeySettings | None = None
     # What the breaker and the throttle do when Redis cannot be reached: "defer" waits (the default: a
     # provider is never called blind), "call" goes ahead without them.

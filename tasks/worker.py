@@ -40,13 +40,15 @@ def running_worker(
     concurrency: int = 2,
     loglevel: str = "WARNING",
     startup_timeout: float = 60.0,
+    app_module: str = "config.celery_app",
 ) -> Iterator[WorkerProcess]:
-    """A worker on ``queues``, ready (it answered a ping through ``app``) when the block starts, stopped
-    with a warm shutdown when it ends. Its output goes to ``folder/worker.log``."""
-    node = f"worker-{uuid.uuid4().hex[:8]}@localhost"
-    command = ["celery", "-A", "config.celery_app", "worker", "-Q", ",".join(queues), "-c", str(concurrency)]
+    """A worker of ``app_module`` on ``queues``, ready (it answered a ping through ``app``) when the block
+    starts, stopped with a warm shutdown when it ends. Its output goes to ``folder/<node>.log``."""
+    name = f"worker-{uuid.uuid4().hex[:8]}"
+    node = f"{name}@localhost"
+    command = ["celery", "-A", app_module, "worker", "-Q", ",".join(queues), "-c", str(concurrency)]
     options = ["-n", node, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel]
-    log_path = folder / "worker.log"
+    log_path = folder / f"{name}.log"
     with log_path.open("wb") as log:
         # Run from `folder`: celery puts the working directory first on sys.path, and a stray "tasks" or
         # "config" folder there would shadow the installed packages.

@@ -16,7 +16,7 @@ import requests
 from integrations.adapters.http import HttpAdapter
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Ledger
-from integrations.pipeline import Defer, Delivery, Done, Failed, OperationRunner, Outcome, Retry
+from integrations.pipeline import INLINE_WAIT, Defer, Delivery, Done, Failed, OperationRunner, Outcome, Retry
 from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import CLOSED, OPEN, SharedBreaker
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard
@@ -75,7 +75,13 @@ def make_fleet(
     fleets: list[Fleet] = []
 
     def make(**table: Any) -> Fleet:
-        base = {"name": provider_name, "adapter": "http", "base_url": simulator.url, "timeout": 2.0}
+        base = {
+            "name": provider_name,
+            "adapter": "http",
+            "base_url": simulator.url,
+            "timeout": 2.0,
+            "headroom": 0,
+        }
         retry = {"max_attempts": 5, "backoff_base": 0.1, "backoff_max": 0.5}
         fleet = Fleet(
             ProviderSettings.model_validate(base | {"retry": retry} | table), ledger_url, shared_redis, clock
@@ -190,7 +196,7 @@ def test_per_account_buckets_hold_one_account_back_and_not_another(
 
     assert isinstance(pay("k1", "acct_1"), Done)
     held = pay("k2", "acct_1")
-    assert isinstance(held, Defer) and held.reason == "throttled" and held.delay == 60
+    assert isinstance(held, Defer) and held.reason == "throttled" and held.delay == 60 - INLINE_WAIT
     assert isinstance(pay("k3", "acct_2"), Done)
 
 

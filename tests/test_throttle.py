@@ -16,7 +16,8 @@ T0 = 1_900_000_000_000.0  # ms
 
 
 def provider(name: str, **table: Any) -> ProviderSettings:
-    return ProviderSettings.model_validate({"name": name, "adapter": "http", "base_url": "http://x"} | table)
+    base = {"name": name, "adapter": "http", "base_url": "http://x", "headroom": 0}
+    return ProviderSettings.model_validate(base | table)
 
 
 def test_burst_then_the_rate_and_a_reserved_slot_for_each_deferral(
@@ -35,6 +36,19 @@ def test_burst_then_the_rate_and_a_reserved_slot_for_each_deferral(
     assert not throttle.take("m4").allowed
     clock[0] += 100
     assert throttle.take("m4").allowed
+
+
+def test_headroom_runs_the_bucket_that_share_below_the_limit(
+    shared_redis: redis.Redis, provider_name: str
+) -> None:
+    clock = [T0]
+    throttle = Throttle(
+        shared_redis,
+        provider(provider_name, rate_limit="10/s", burst=1, headroom=0.2),
+        clock=lambda: clock[0],
+    )
+    assert throttle.take("m0").allowed
+    assert throttle.take("m1").wait == 0.125  # 8/s, not 10/s
 
 
 def test_a_provider_without_a_limit_is_not_throttled(shared_redis: redis.Redis, provider_name: str) -> None:
@@ -127,3 +141,37 @@ def test_the_bucket_never_admits_more_than_burst_plus_rate_times_t_across_proces
         for j in range(i, len(admitted)):
             assert j - i + 1 <= 10 + 50 * (admitted[j] - admitted[i] + 1e-6)  # 1 µs: float seconds
     assert len(admitted) >= 10 + 50 * 1.0  # and it did let the rate through
+
+
+def test_a_pause_moves_every_reserved_slot_after_it_keeping_their_spacing(
+    shared_redis: redis.Redis, provider_name: str
+) -> None:
+    clock = [T0]
+    throttle = Throttle(
+        shared_redis, provider(provider_name, rate_limit="10/s", burst=1), clock=lambda: clock[0]
+    )
+    assert throttle.take("m0").allowed
+    assert [throttle.take(f"m{i}").wait for i in (1, 2, 3)] == [0.1, 0.2, 0.3]
+    throttle.pause(1)  # a 429 arrives
+    assert [throttle.take(f"m{i}").wait for i in (1, 2, 3)] == [1.1, 1.2, 1.3]
+    assert throttle.take("new").wait == 1.4  # a newcomer queues behind them
+    clock[0] += 1_100
+    assert throttle.take("m1").allowed and not throttle.take("m2").allowed
+
+
+def test_messages_that_come_back_late_together_are_spaced_again(
+    shared_redis: redis.Redis, provider_name: str
+) -> None:
+    clock = [T0]
+    throttle = Throttle(
+        shared_redis, provider(provider_name, rate_limit="10/s", burst=1), clock=lambda: clock[0]
+    )
+    assert throttle.take("m0").allowed
+    assert [throttle.take(f"m{i}").wait for i in (1, 2, 3)] == [0.1, 0.2, 0.3]
+    clock[0] += 500  # a busy worker runs all three late, at once
+    first, second, third = (throttle.take(f"m{i}") for i in (1, 2, 3))
+    assert first.allowed
+    assert (second.allowed, second.why, second.wait) == (False, "spacing", 0.1)
+    assert (third.allowed, third.why) == (False, "spacing")
+    clock[0] += 100
+    assert throttle.take("m2").allowed

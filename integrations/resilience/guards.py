@@ -10,7 +10,7 @@ import redis
 
 from integrations import keys
 from integrations.errors import ErrorType, OperationError
-from integrations.pipeline import Attempt, Defer, Observation
+from integrations.pipeline import INLINE_WAIT, Attempt, Defer, Observation
 from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import HALF_OPEN, SharedBreaker
 from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
@@ -113,7 +113,13 @@ class ThrottleGuard(RedisGuard):
         take = self.throttle.take(attempt.token, account)
         if take.allowed:
             return None
-        return Defer(take.wait, "paused" if take.why == "paused" else "throttled")
+        if take.why == "paused":
+            return Defer(take.wait, "paused")
+        if take.why == "throttled" and take.wait > 2 * INLINE_WAIT:
+            # A new slot: come back a little early and wait out the last stretch in the worker, since a
+            # message the broker hands back late would waste its slot.
+            return Defer(take.wait - INLINE_WAIT, "throttled")
+        return Defer(take.wait, "throttled")
 
     def _observe(self, attempt: Attempt, observation: Observation) -> None:
         error = observation.error

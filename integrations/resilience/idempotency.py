@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import OperationRecord
+
+GUARD_WAIT_TOLERANCE = timedelta(milliseconds=100)
 
 
 def fingerprint(operation: str, payload: Any) -> str:
@@ -107,6 +109,8 @@ def decide(
         if max_attempts is not None and record.attempts >= max_attempts:
             return Exhausted(record)
         return Claim(record)
-    if record.next_attempt_at is not None and record.next_attempt_at > now:
+    # A guard's wait is checked again by the guard itself, so a message back a hair early goes on.
+    tolerance = GUARD_WAIT_TOLERANCE if record.waiting else timedelta(0)
+    if record.next_attempt_at is not None and record.next_attempt_at - tolerance > now:
         return Wait(record.next_attempt_at, record.waiting or "backoff")
     return Claim(record)

@@ -30,8 +30,8 @@ class Take:
 
     allowed: bool
     wait: float
-    why: str  # admitted, reserved, paused, throttled
-    at: float  # the slot granted (now, or the reserved one), else now: seconds on the bucket's clock
+    why: str  # admitted, reserved, paused, throttled, spacing
+    at: float  # when the bucket answered: seconds on its clock
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,6 @@ class Throttle:
         self.provider = provider
         name = provider.name
         self.bucket_key = keys.bucket(name)
-        self.pause_key = keys.pause(name)
         self.limits_key = keys.limits(name)
         self._take = script(client, "throttle")
         self._pause = script(client, "pause")
@@ -66,7 +65,6 @@ class Throttle:
             keys=[
                 self.bucket_key,
                 keys.account_bucket(provider.name, account or ""),
-                self.pause_key,
                 self.limits_key,
                 keys.reservation(provider.name, token),
             ],
@@ -77,6 +75,8 @@ class Throttle:
                 per_key.capacity if per_key else 1,
                 RESERVATION_GRACE_MS,
                 self._injected(),
+                repr(1 - provider.headroom),
+                provider.headroom * 500,
             ],
         )
         return Take(bool(allowed), int(wait_ms) / 1000, str(why), float(at) / 1000)
@@ -84,12 +84,12 @@ class Throttle:
     def pause(self, seconds: float) -> float:
         """Pause the provider for every worker for ``seconds`` (kept if already paused for longer);
         returns the seconds until the pause ends."""
-        until_ms = self._pause(keys=[self.pause_key], args=[max(1, int(seconds * 1000)), self._injected()])
+        until_ms = self._pause(keys=[self.bucket_key], args=[max(1, int(seconds * 1000)), self._injected()])
         return max(0.0, (int(until_ms) - self._now_ms()) / 1000)
 
     def paused_for(self) -> float:
         with self.client.pipeline() as pipe:
-            pipe.get(self.pause_key)
+            pipe.hget(self.bucket_key, "pause")
             pipe.time()
             value, (seconds, micros) = pipe.execute()
         now = self.clock() if self.clock else int(seconds) * 1000 + int(micros) // 1000

@@ -1,5 +1,6 @@
 -- Pause a provider for every worker until now + ARGV[1] ms, unless it is already paused for longer.
--- KEYS[1] pause; ARGV[2] now in ms, or '' for the Redis server's clock. Returns the pause's end, in ms.
+-- The bucket's virtual clock moves back by what the pause adds, so every reserved slot moves after it.
+-- KEYS[1] bucket hash; ARGV[2] now in ms, or '' for the Redis server's clock. Returns the pause's end, ms.
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
@@ -8,9 +9,12 @@ else
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local until_ = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local current = tonumber(redis.call('HGET', KEYS[1], 'pause') or '0')
 if current >= until_ then
   return current
 end
-redis.call('SET', KEYS[1], until_, 'PX', tonumber(ARGV[1]))
+local added = until_ - math.max(current, now)
+redis.call('HINCRBYFLOAT', KEYS[1], 'shift', added)
+redis.call('HSET', KEYS[1], 'pause', until_)
+redis.call('PEXPIRE', KEYS[1], 24 * 3600 * 1000)
 return until_

@@ -1,0 +1,234 @@
+"""`make bench`: the four benchmarks of the cluster-wide breaker and throttle, each beside a baseline
+measured in the same run on this machine. `python -m bench [rate|outage|overhead|isolation]` runs one."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.harness import bench, wait_all
+
+console = Console()
+WORKERS = 4
+
+
+@dataclass
+class Row:
+    name: str
+    figure: str
+    ours: float
+    baseline: float
+    baseline_name: str
+    verdict: str
+    notes: str = ""
+
+
+def _rate(calls: list[float]) -> float:
+    return (len(calls) - 1) / (calls[-1] - calls[0]) if len(calls) > 1 else 0.0
+
+
+def rate_accuracy() -> list[Row]:
+    """4 worker processes, limit 20/s, a provider that answers 429 over 20 in any sliding second."""
+    n, limit = 600, 20
+    figures: dict[str, tuple[int, int, float]] = {}
+    with bench() as b:
+        b.simulator.set_rate_limit(limit, window=1.0)
+        b.providers_file(
+            '[providers.limited]\nadapter = "http"\nbase_url = "{url}"\nrate_limit = "20/s"\nburst = 1\n'
+            "[providers.limited.retry]\nmax_attempts = 8\nbackoff_base = 0.5\nbackoff_max = 5.0\n"
+        )
+        b.fleet(["integrations.limited"], WORKERS)
+        wait_all(b.send("limited", "/v1/rate", n))
+        calls = b.simulator.calls(path="/v1/rate")
+        ok = [c.received_at for c in calls if c.status == 200]
+        steady = [c for c in calls if c.received_at > calls[0].received_at + 1.0]
+        figures["ours"] = (
+            sum(c.status == 429 for c in calls),
+            sum(c.status == 429 for c in steady),
+            _rate(ok),
+        )
+    with bench() as b:
+        b.simulator.set_rate_limit(limit, window=1.0)
+        b.fleet(["bench.baseline"], WORKERS, app_module="bench.baseline_app")
+        wait_all(b.send_baseline("bench.rate_limited_call", "/v1/rate", n))
+        calls = b.simulator.calls(path="/v1/rate")
+        ok = [c.received_at for c in calls if c.status == 200]
+        steady = [c for c in calls if c.received_at > calls[0].received_at + 1.0]
+        figures["base"] = (
+            sum(c.status == 429 for c in calls),
+            sum(c.status == 429 for c in steady),
+            _rate(ok),
+        )
+    ours, base = figures["ours"], figures["base"]
+    return [
+        Row(
+            "rate accuracy",
+            "429s (after the 1st second)",
+            ours[1],
+            base[1],
+            "Celery rate_limit='20/s'",
+            "ok" if ours[1] == 0 else "MISSED (target 0)",
+            f"all: ours {ours[0]}, baseline {base[0]}",
+        ),
+        Row(
+            "rate accuracy",
+            "utilization (achieved / limit)",
+            ours[2] / limit,
+            base[2] / limit,
+            "Celery rate_limit='20/s'",
+            "ok" if ours[2] / limit >= 0.95 else "MISSED (target >= 0.95)",
+            "baseline's 200s only; its 429s are lost operations",
+        ),
+    ]
+
+
+def outage() -> list[Row]:
+    """The provider answers 503 for 20 s; 4 workers; 200 operations."""
+    n, seconds = 200, 20.0
+    figures: dict[str, tuple[int, int]] = {}
+
+    def run(send: Callable[[], list], b: object) -> tuple[int, int]:
+        simulator = b.simulator  # type: ignore[attr-defined]
+        simulator.set_outage(503)
+        timer = threading.Timer(seconds, simulator.set_outage, args=[None])
+        timer.start()
+        results = send()
+        ok, _failed = wait_all(results, timeout=600)
+        timer.join()
+        during = sum(c.status == 503 for c in simulator.calls(path="/v1/outage"))
+        return during, ok
+
+    with bench() as b:
+        b.providers_file(
+            '[providers.flaky]\nadapter = "http"\nbase_url = "{url}"\n'
+            "[providers.flaky.breaker]\nfail_max = 5\nreset_timeout = 5.0\n"
+            "[providers.flaky.retry]\nmax_attempts = 8\nbackoff_base = 1.0\nbackoff_max = 30.0\n"
+        )
+        b.fleet(["integrations.flaky"], WORKERS)
+        figures["ours"] = run(lambda: b.send("flaky", "/v1/outage", n), b)
+    with bench() as b:
+        b.fleet(["bench.baseline"], WORKERS, app_module="bench.baseline_app")
+        figures["base"] = run(lambda: b.send_baseline("bench.autoretry_call", "/v1/outage", n), b)
+    ours, base = figures["ours"], figures["base"]
+    target = 5 + seconds / 5.0
+    return [
+        Row(
+            "outage",
+            "calls during the 20 s outage",
+            ours[0],
+            base[0],
+            "Celery autoretry_for + backoff",
+            "ok" if ours[0] <= target else f"MISSED (target <= {target:g})",
+        ),
+        Row(
+            "outage",
+            f"operations succeeded (of {n})",
+            ours[1],
+            base[1],
+            "Celery autoretry_for + backoff",
+            "ok" if ours[1] == n else "MISSED",
+        ),
+    ]
+
+
+def overhead() -> list[Row]:
+    """Operations per second through the whole pipeline vs a bare task making the same HTTP call."""
+    n = 1500
+    with bench() as b:
+        b.providers_file('[providers.fast]\nadapter = "http"\nbase_url = "{url}"\n')
+        b.fleet(["integrations.fast"], WORKERS)
+        started = time.monotonic()
+        wait_all(b.send("fast", "/v1/fast", n))
+        ours = n / (time.monotonic() - started)
+    with bench() as b:
+        b.fleet(["bench.baseline"], WORKERS, app_module="bench.baseline_app")
+        started = time.monotonic()
+        wait_all(b.send_baseline("bench.bare_call", "/v1/fast", n))
+        base = n / (time.monotonic() - started)
+    return [
+        Row(
+            "overhead",
+            "operations per second",
+            ours,
+            base,
+            "bare Celery task, same HTTP call",
+            "ok" if ours / base >= 0.8 else "MISSED (target ratio >= 0.8)",
+            f"ratio {ours / base:.2f}",
+        )
+    ]
+
+
+def isolation() -> list[Row]:
+    """Provider A throttled to 2/s with 200 operations waiting; provider B's throughput beside B alone."""
+    n_a, n_b = 200, 1000
+    tables = (
+        '[providers.slow-a]\nadapter = "http"\nbase_url = "{url}"\nrate_limit = "2/s"\nburst = 1\n'
+        '[providers.free-b]\nadapter = "http"\nbase_url = "{url}"\n'
+    )
+    queues = ["integrations.slow-a", "integrations.free-b"]
+    with bench() as b:
+        b.providers_file(tables)
+        b.fleet(queues, WORKERS)
+        started = time.monotonic()
+        wait_all(b.send("free-b", "/v1/b", n_b))
+        alone = n_b / (time.monotonic() - started)
+    with bench() as b:
+        b.providers_file(tables)
+        b.fleet(queues, WORKERS)
+        waiting = b.send("slow-a", "/v1/a", n_a)
+        started = time.monotonic()
+        wait_all(b.send("free-b", "/v1/b", n_b))
+        beside = n_b / (time.monotonic() - started)
+        a_done = len(b.simulator.calls(path="/v1/a"))
+        for result in waiting:
+            result.revoke()
+    return [
+        Row(
+            "isolation",
+            "provider B operations per second",
+            beside,
+            alone,
+            "B alone on the same workers",
+            "ok" if beside / alone >= 0.9 else "MISSED (target ratio >= 0.9)",
+            f"ratio {beside / alone:.2f}; A made {a_done} calls meanwhile (2/s)",
+        )
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
+    "rate": rate_accuracy,
+    "outage": outage,
+    "overhead": overhead,
+    "isolation": isolation,
+}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(BENCHMARKS)
+    rows: list[Row] = []
+    for name in chosen:
+        console.print(f"running {name} ...")
+        rows += BENCHMARKS[name]()
+    table = Table("benchmark", "figure", "ours", "baseline", "baseline is", "target", "notes")
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.figure,
+            f"{row.ours:g}" if isinstance(row.ours, int) else f"{row.ours:.3g}",
+            f"{row.baseline:.3g}",
+            row.baseline_name,
+            row.verdict,
+            row.notes,
+        )
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,56 @@
+"""The baselines: what teams write without this project. Plain Celery tasks making the same HTTP call,
+with Celery's own ``rate_limit`` and ``autoretry_for``, configured as carefully as our app (JSON, late
+acks, prefetch 1)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import requests
+from celery import Celery
+
+app = Celery("bench-baseline", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    task_default_queue="bench.baseline",
+)
+_session: requests.Session | None = None
+
+
+def session() -> requests.Session:
+    global _session
+    if _session is None:
+        _session = requests.Session()
+    return _session
+
+
+@app.task(name="bench.bare_call")
+def bare_call(url: str, key: str) -> int:
+    return session().post(url, headers={"Idempotency-Key": key}, timeout=10).status_code
+
+
+@app.task(name="bench.rate_limited_call", rate_limit="20/s")
+def rate_limited_call(url: str, key: str) -> int:
+    return session().post(url, headers={"Idempotency-Key": key}, timeout=10).status_code
+
+
+@app.task(
+    bind=True,
+    name="bench.autoretry_call",
+    autoretry_for=(requests.RequestException,),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=7,  # 8 attempts, as our provider's max_attempts
+)
+def autoretry_call(self: Any, url: str, key: str) -> int:
+    response = session().post(url, headers={"Idempotency-Key": key}, timeout=10)
+    response.raise_for_status()
+    return response.status_code

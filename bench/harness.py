@@ -1,0 +1,131 @@
+"""What every benchmark needs: Redis, a ledger, the provider simulator, worker fleets, and a clock."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from celery import Celery
+from celery.result import AsyncResult
+
+from integrations.ledger import schema
+from integrations.testing.provider import ProviderSimulator
+from integrations.testing.redis_server import redis_for
+from tasks.worker import running_worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Bench:
+    folder: Path
+    redis_url: str
+    simulator: ProviderSimulator
+    env: dict[str, str]
+    app: Celery
+    stack: ExitStack
+    providers: dict[str, str] = field(default_factory=dict)
+
+    def providers_file(self, tables: str) -> None:
+        (self.folder / "providers.toml").write_text(tables.replace("{url}", self.simulator.url))
+
+    def fleet(
+        self,
+        queues: Sequence[str],
+        instances: int = 4,
+        app_module: str = "config.celery_app",
+        loglevel: str = "WARNING",
+    ) -> None:
+        """``instances`` worker instances of one process each: a fleet of that many worker processes."""
+        for _ in range(instances):
+            self.stack.enter_context(
+                running_worker(
+                    self.app,
+                    self.env,
+                    queues,
+                    self.folder,
+                    concurrency=1,
+                    app_module=app_module,
+                    loglevel=loglevel,
+                )
+            )
+
+    def send(self, provider: str, path: str, count: int, prefix: str = "op") -> list[AsyncResult]:
+        run = uuid.uuid4().hex[:8]
+        return [
+            self.app.send_task(
+                f"integrations.{provider}.request",
+                kwargs={
+                    "payload": {"method": "POST", "path": path},
+                    "idempotency_key": f"{prefix}-{run}-{i}",
+                },
+                queue=f"integrations.{provider}",
+            )
+            for i in range(count)
+        ]
+
+    def send_baseline(self, task: str, path: str, count: int) -> list[AsyncResult]:
+        run = uuid.uuid4().hex[:8]
+        url = self.simulator.url + path
+        return [
+            self.app.send_task(task, args=[url, f"b-{run}-{i}"], queue="bench.baseline") for i in range(count)
+        ]
+
+
+def wait_all(results: Sequence[AsyncResult], timeout: float = 600) -> tuple[int, int]:
+    """Wait for every result; returns (succeeded, failed)."""
+    deadline = time.monotonic() + timeout
+    ok = failed = 0
+    for result in results:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            result.get(timeout=remaining, propagate=True)
+            ok += 1
+        except Exception:
+            failed += 1
+    return ok, failed
+
+
+def _truncate(database: str) -> None:
+    from sqlalchemy import text
+
+    from integrations.ledger.store import create_ledger_engine
+
+    engine = create_ledger_engine(database)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE operations"))
+    engine.dispose()
+
+
+@contextmanager
+def bench() -> Iterator[Bench]:
+    with ExitStack() as stack:
+        server_url, _private = stack.enter_context(redis_for(os.environ.get("REDIS_URL")))
+        redis_url = server_url.rsplit("/", 1)[0] + "/11"  # a database of the benchmarks' own
+        redis.Redis.from_url(redis_url).flushdb()
+        stack.callback(lambda: redis.Redis.from_url(redis_url).flushdb())
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="integrations-bench-")))
+        simulator = stack.enter_context(ProviderSimulator())
+        database = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{folder / 'ledger.sqlite3'}"
+        schema.upgrade(database)
+        if database.startswith("postgres"):
+            stack.callback(_truncate, database)
+        env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            DATABASE_URL=database,
+            INTEGRATIONS_PROVIDERS_FILE=str(folder / "providers.toml"),
+            PYTHONPATH=str(ROOT),
+        )
+        env.pop("BROKER_URL", None)
+        app = Celery("bench-client", broker=redis_url, backend=redis_url)
+        app.conf.update(broker_connection_retry_on_startup=True)
+        stack.callback(app.close)
+        yield Bench(folder, redis_url, simulator, env, app, stack)
