@@ -71,6 +71,19 @@ class Bench:
             for i in range(count)
         ]
 
+    def last_taken_in(self) -> float:
+        """When the last operation was first delivered to a worker, on the simulator's clock."""
+        from sqlalchemy import func, select
+
+        from integrations.ledger.models import Operation
+        from integrations.ledger.store import create_ledger_engine
+
+        engine = create_ledger_engine(self.env["DATABASE_URL"])
+        with engine.connect() as connection:
+            last = connection.execute(select(func.max(Operation.created_at))).scalar_one()
+        engine.dispose()
+        return float(last.timestamp() - (time.time() - time.monotonic()))
+
     def send_baseline(self, task: str, path: str, count: int) -> list[AsyncResult]:
         run = uuid.uuid4().hex[:8]
         url = self.simulator.url + path

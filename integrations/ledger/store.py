@@ -95,7 +95,9 @@ def create_ledger_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout): a dropped connection fails one statement, which the
+    # pipeline treats as a ledger outage and retries; SQLAlchemy replaces the connection meanwhile.
+    return create_engine(url, pool_recycle=1800)
 
 
 class Ledger:
@@ -103,6 +105,8 @@ class Ledger:
 
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self.engine = engine
+        # Every write is one statement, so each commits by itself: no BEGIN/COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.clock = clock
 
     @classmethod
@@ -116,7 +120,7 @@ class Ledger:
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as connection:
+            with self._autocommit.connect() as connection:
                 yield connection
         except (OperationalError, InterfaceError, ProgrammingError, DisconnectionError, PoolTimeout) as exc:
             # The database cannot be reached or lacks the schema: worth waiting for. Other errors (bad
