@@ -222,9 +222,8 @@ class OperationRunner:
             )
             for guard in self.guards:
                 deferral = guard.admit(attempt)
-                for _ in range(
-                    3
-                ):  # a wait of a few ms is waited here: cheaper than a round through the broker
+                # A wait of a few ms is waited here: cheaper than a round through the broker.
+                for _ in range(3):
                     if deferral is None or deferral.delay > INLINE_WAIT:
                         break
                     self.sleep(deferral.delay)

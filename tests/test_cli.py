@@ -174,3 +174,33 @@ def test_dlq_replay_leaves_the_dead_letter_as_it_was_when_the_broker_is_down(
     after = ledger.get(record.id)
     assert after is not None and (after.status, after.attempts, after.replays) == (OperationStatus.DEAD, 1, 0)
     assert after.error == error.model_dump(mode="json")
+
+
+def test_limits_set_show_and_reset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    name = f"p-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        f'[providers.{name}]\nadapter = "http"\nbase_url = "https://a.example"\nrate_limit = "20/s"\n'
+    )
+    env = {"INTEGRATIONS_PROVIDERS_FILE": str(providers), "REDIS_URL": redis_url}
+    assert invoke(monkeypatch, env, "limits", "set", name, "5/s", "--burst", "3").exit_code == 0
+    [row] = json.loads(invoke(monkeypatch, env, "limits", "show", "--json").output)
+    assert (row["effective_rate_per_second"], row["effective_burst"], row["overridden"]) == (5.0, 3, True)
+    assert (row["file_rate_limit"], row["file_burst"]) == ("20/s", 20)
+    assert invoke(monkeypatch, env, "limits", "reset", name).exit_code == 0
+    [row] = json.loads(invoke(monkeypatch, env, "limits", "show", "--json").output)
+    assert (row["effective_rate_per_second"], row["overridden"]) == (20.0, False)
+    unknown = invoke(monkeypatch, env, "limits", "set", "nope", "5/s")
+    assert unknown.exit_code == 1 and "no provider 'nope'" in unknown.output
+    bad = invoke(monkeypatch, env, "limits", "set", name, "fast")
+    assert bad.exit_code == 1 and "N/s, N/m or N/h" in bad.output
+
+
+def test_breaker_commands_say_when_redis_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[providers.acme]\nadapter = "http"\nbase_url = "https://a.example"\n')
+    env = {"INTEGRATIONS_PROVIDERS_FILE": str(providers), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = invoke(monkeypatch, env, "breaker", "show")
+    assert result.exit_code == 1 and "Redis at" in result.output and "cannot be reached" in result.output
