@@ -50,6 +50,7 @@ class Runtime:
     def session(self) -> requests.Session:
         if self._session is None:
             self._session = requests.Session()
+            self._session.trust_env = False  # adapters apply the environment's proxies, read once
         return self._session
 
     @property

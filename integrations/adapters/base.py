@@ -8,6 +8,7 @@ operation's response model. Foreign exceptions are mapped to ``integrations.erro
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,12 @@ class Adapter:
     def __init__(self, provider: ProviderSettings, session: requests.Session) -> None:
         self.provider = provider
         self.session = session
+        # The environment's proxy and CA settings, read once: with ``trust_env`` a session reads them on
+        # every call (half a millisecond with a large environment). ``no_proxy`` is applied to base_url.
+        self.proxies = requests.utils.get_environ_proxies(provider.base_url)
+        self.verify: str | bool = (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        )
 
     def where(self, operation: str) -> str:
         return f"{self.provider.name}.{operation}"
@@ -152,6 +159,8 @@ class Adapter:
                 headers=headers,
                 timeout=self.provider.timeout,
                 allow_redirects=False,
+                proxies=self.proxies,
+                verify=self.verify,
             )
         except requests.Timeout as exc:
             raise TransientError(

@@ -12,9 +12,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    Update,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
     DisconnectionError,
@@ -189,7 +203,7 @@ class Ledger:
         }
         try:
             with self._begin() as connection:
-                connection.execute(insert(_table).values(**values))
+                connection.execute(_INSERT, values)
         except IntegrityError:
             return None
         return _record(values)
@@ -214,11 +228,11 @@ class Ledger:
         }
         try:
             with self._begin() as connection:
-                connection.execute(insert(_table).values(**values))
+                connection.execute(_INSERT, values)
         except IntegrityError:
             values |= {"idempotency_key": None, "id": str(uuid.uuid4())}
             with self._begin() as connection:
-                connection.execute(insert(_table).values(**values))
+                connection.execute(_INSERT, values)
         return _record(values)
 
     def claim(
@@ -306,7 +320,7 @@ class Ledger:
             }
             try:
                 with self._begin() as connection:
-                    connection.execute(insert(_table).values(**values))
+                    connection.execute(_INSERT, values)
             except IntegrityError:
                 pass
             return
@@ -374,15 +388,29 @@ class Ledger:
             return sum(connection.execute(statement).rowcount for statement in (succeeded, ended_badly))
 
     def _compare_and_set(self, record: OperationRecord, values: dict[str, Any]) -> OperationRecord | None:
-        statement = (
-            update(_table)
-            .where(_table.c.id == record.id, _table.c.version == record.version)
-            .values(**values)
-        )
+        statement = _update_statement(tuple(sorted(values)))
+        params = {f"set_{name}": value for name, value in values.items()} | {
+            "match_id": record.id,
+            "match_version": record.version,
+        }
         with self._begin() as connection:
-            if connection.execute(statement).rowcount != 1:
+            if connection.execute(statement, params).rowcount != 1:
                 return None
         return _record(_row_values(record) | values)
+
+
+# Statements built once, values bound at execution: building one per call costs more than running it.
+_INSERT = insert(_table)
+
+
+@cache
+def _update_statement(columns: tuple[str, ...]) -> Update:
+    """``UPDATE operations SET <columns> WHERE id = :match_id AND version = :match_version``."""
+    return (
+        update(_table)
+        .where(_table.c.id == bindparam("match_id"), _table.c.version == bindparam("match_version"))
+        .values({name: bindparam(f"set_{name}") for name in columns})
+    )
 
 
 def _new_row(
