@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import median
 from typing import Any
 
 from rich.console import Console
@@ -137,28 +138,34 @@ def outage() -> list[Row]:
 
 
 def overhead() -> list[Row]:
-    """Operations per second through the whole pipeline vs a bare task making the same HTTP call."""
-    n = 1500
+    """Operations per second through the whole pipeline vs a bare task making the same HTTP call, on the
+    same four worker processes; three rounds each, alternating, medians reported (this machine's two
+    cores are shared with Redis, the ledger, the simulator and the client, so single runs vary)."""
+    n, rounds = 1000, 3
+    ours: list[float] = []
+    base: list[float] = []
     with bench() as b:
         b.providers_file('[providers.fast]\nadapter = "http"\nbase_url = "{url}"\n')
         b.fleet(["integrations.fast"], WORKERS)
-        started = time.monotonic()
-        wait_all(b.send("fast", "/v1/fast", n))
-        ours = n / (time.monotonic() - started)
-    with bench() as b:
         b.fleet(["bench.baseline"], WORKERS, app_module="bench.baseline_app")
-        started = time.monotonic()
-        wait_all(b.send_baseline("bench.bare_call", "/v1/fast", n))
-        base = n / (time.monotonic() - started)
+        for _ in range(rounds):
+            started = time.monotonic()
+            wait_all(b.send("fast", "/v1/fast", n))
+            ours.append(n / (time.monotonic() - started))
+            started = time.monotonic()
+            wait_all(b.send_baseline("bench.bare_call", "/v1/fast", n))
+            base.append(n / (time.monotonic() - started))
+    mine, theirs = median(ours), median(base)
     return [
         Row(
             "overhead",
             "operations per second",
-            ours,
-            base,
+            mine,
+            theirs,
             "bare Celery task, same HTTP call",
-            "ok" if ours / base >= 0.8 else "MISSED (target ratio >= 0.8)",
-            f"ratio {ours / base:.2f}",
+            "ok" if mine / theirs >= 0.8 else "MISSED (target ratio >= 0.8)",
+            f"ratio {mine / theirs:.2f}; rounds: ours {', '.join(f'{x:.0f}' for x in ours)}, "
+            f"bare {', '.join(f'{x:.0f}' for x in base)}",
         )
     ]
 
