@@ -235,14 +235,18 @@ def breaker_show(provider: str | None, as_json: bool) -> None:
 @breaker.command("open")
 @click.argument("provider")
 @click.option(
-    "--for", "seconds", type=float, default=None, help="Close again by itself after this many seconds."
+    "--for",
+    "seconds",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="End by itself after this many seconds.",
 )
 def breaker_open(provider: str, seconds: float | None) -> None:
     """Force PROVIDER's breaker open (a maintenance window): no calls until `breaker close`."""
     with _user_errors():
         [shared] = _breakers(_runtime(), [provider])
         shared.force_open(seconds)
-    until = f" for {seconds:g}s" if seconds else " until `integrations breaker close " + provider + "`"
+    until = f" for {seconds:g}s" if seconds is not None else f" until `integrations breaker close {provider}`"
     click.echo(f"breaker of {provider} forced open{until}; operations wait, using no attempts")
 
 
@@ -329,7 +333,7 @@ def limits_reset(provider: str) -> None:
         runtime = _runtime()
         effective = Throttle(runtime.redis, _provider(runtime, provider)).reset_limits()
     shown = f"{effective.rate:g}/s burst {effective.burst}" if effective.rate else "unlimited"
-    click.echo(f"{provider}: back to the providers file's limit ({shown})")
+    click.echo(f"{provider}: back to the providers file's limit ({shown}); any pause ended")
 
 
 @main.command("providers")

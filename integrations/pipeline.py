@@ -30,7 +30,7 @@ from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Clock, Ledger, OperationRecord, utcnow
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience import idempotency
-from integrations.resilience.backoff import ExponentialBackoff, next_delay
+from integrations.resilience.backoff import MAX_RETRY_AFTER, ExponentialBackoff, next_delay
 
 log = logging.getLogger("integrations.operations")
 
@@ -139,6 +139,11 @@ class Guard(Protocol):
 
     def observe(self, attempt: Attempt, observation: Observation) -> None: ...
 
+    def release(self, attempt: Attempt) -> None:
+        """The attempt it admitted will not be made (a later guard said wait, or another worker
+        claimed the operation): give back what was granted for it."""
+        ...
+
 
 def poll_delay(redeliveries: int) -> float:
     """How soon a message waiting on another attempt looks again: 0.25 s doubling to 5 s."""
@@ -220,16 +225,10 @@ class OperationRunner:
                 message.idempotency_key,
                 token=delivery.message_id or str(uuid.uuid4()),
             )
-            for guard in self.guards:
-                deferral = guard.admit(attempt)
-                # A wait of a few ms is waited here: cheaper than a round through the broker.
-                for _ in range(3):
-                    if deferral is None or deferral.delay > INLINE_WAIT:
-                        break
-                    self.sleep(deferral.delay)
-                    deferral = guard.admit(attempt)
-                if deferral is not None:
-                    return self._deferred(delivery, message, request_fingerprint, record, deferral)
+            deferral = self._admit(attempt)
+            if deferral is not None:
+                taking_over = isinstance(decision, idempotency.Claim) and decision.takeover
+                return self._deferred(delivery, message, request_fingerprint, record, deferral, taking_over)
             request_id = message.request_id or (record.request_id if record else None) or str(uuid.uuid4())
             lease = timedelta(seconds=self.provider.lease_seconds)
             if isinstance(decision, idempotency.Start):
@@ -251,7 +250,27 @@ class OperationRunner:
                 )
             if claimed is not None:
                 return self._attempt(attempt, claimed)
+            self._release(attempt, self.guards)  # another worker claimed it first: give back what we took
         return Defer(poll_delay(delivery.redeliveries), "contended")
+
+    def _admit(self, attempt: Attempt) -> Defer | None:
+        """Ask each guard in turn; a wait of a few ms is waited here, cheaper than a round through the
+        broker. If one says wait, those that already said yes give back what they granted."""
+        for position, guard in enumerate(self.guards):
+            deferral = guard.admit(attempt)
+            for _ in range(3):
+                if deferral is None or deferral.delay > INLINE_WAIT:
+                    break
+                self.sleep(deferral.delay)
+                deferral = guard.admit(attempt)
+            if deferral is not None:
+                self._release(attempt, self.guards[:position])
+                return deferral
+        return None
+
+    def _release(self, attempt: Attempt, guards: Sequence[Guard]) -> None:
+        for guard in reversed(guards):
+            guard.release(attempt)
 
     def _parse(self, delivery: Delivery) -> OperationMessage:
         if delivery.args:
@@ -392,8 +411,10 @@ class OperationRunner:
         request_fingerprint: str,
         record: OperationRecord | None,
         deferral: Defer,
+        takeover: bool,
     ) -> Outcome:
         """A guard said wait: the ledger says so too (``ops show``), and no attempt is used."""
+        delay = min(deferral.delay, MAX_RETRY_AFTER)
         self.ledger.record_wait(
             record,
             provider=self.provider.name,
@@ -403,9 +424,10 @@ class OperationRunner:
             payload=message.payload,
             request_id=message.request_id,
             reason=deferral.reason,
-            until=self.clock() + timedelta(seconds=deferral.delay),
+            until=self.clock() + timedelta(seconds=delay),
+            takeover=takeover,
         )
-        return Defer(min(deferral.delay, MAX_COUNTDOWN), deferral.reason)
+        return Defer(min(delay, MAX_COUNTDOWN), deferral.reason)
 
     def _taken_over(self, claimed: OperationRecord) -> Outcome:
         # Our lease ran out and another worker claimed the operation: its outcome is the one that counts.

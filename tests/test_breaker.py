@@ -12,6 +12,7 @@ import redis
 from integrations.providers import BreakerSettings
 from integrations.resilience.breaker import CLOSED, HALF_OPEN, OPEN, SharedBreaker
 from integrations.resilience.scripts import redis_client
+from tests.processes import at_once
 
 T0 = 1_900_000_000_000  # ms
 
@@ -93,6 +94,16 @@ def test_a_lost_probe_is_replaced_after_its_ttl(shared_redis: redis.Redis, provi
     assert b.admit("new").probe
 
 
+def test_a_maintenance_window_without_an_end_does_not_expire(
+    shared_redis: redis.Redis, provider_name: str
+) -> None:
+    clock = [T0]
+    b = breaker(shared_redis, provider_name, clock)
+    b.force_open()
+    b.record("late", failed=True)  # a call that was in flight when it was forced open
+    assert shared_redis.pttl(b.key) == -1
+
+
 def test_forced_open_and_close(shared_redis: redis.Redis, provider_name: str) -> None:
     clock = [T0]
     b = breaker(shared_redis, provider_name, clock)
@@ -105,7 +116,7 @@ def test_forced_open_and_close(shared_redis: redis.Redis, provider_name: str) ->
     assert b.admit("t").allowed  # the maintenance window ended by itself
 
 
-def _fail_many(url: str, name: str, times: int, start: Any, results: Any) -> None:
+def _fail_many(start: Any, results: Any, url: str, name: str, times: int) -> None:
     client = redis_client(url)
     b = SharedBreaker(client, name, BreakerSettings(fail_max=200, min_calls=10_000), probe_ttl=10)
     start.wait()
@@ -115,25 +126,14 @@ def _fail_many(url: str, name: str, times: int, start: Any, results: Any) -> Non
 def test_sixteen_processes_failing_at_once_lose_no_count_and_open_it_once(
     shared_redis: redis.Redis, redis_url: str, provider_name: str
 ) -> None:
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
-    processes = [
-        context.Process(target=_fail_many, args=(redis_url, provider_name, 25, start, results))
-        for _ in range(16)
-    ]
-    for process in processes:
-        process.start()
-    start.set()
-    transitions = [t for _ in processes for t in results.get(timeout=60) if t]
-    for process in processes:
-        process.join(timeout=60)
+    transitions = [t for each in at_once(_fail_many, 16, redis_url, provider_name, 25) for t in each if t]
     status = SharedBreaker(shared_redis, provider_name, BreakerSettings(), probe_ttl=10).status()
     assert status.failures == 16 * 25
     assert status.consecutive_failures == 16 * 25
     assert transitions == ["opened"] and status.transitions == 1 and status.state == OPEN
 
 
-def _admit(url: str, name: str, now: int, start: Any, results: Any) -> None:
+def _admit(start: Any, results: Any, url: str, name: str, now: int) -> None:
     client = redis_client(url)
     b = SharedBreaker(client, name, BreakerSettings(), probe_ttl=10, clock=lambda: now)
     start.wait()
@@ -146,17 +146,5 @@ def test_half_open_lets_exactly_one_probe_through_across_processes(
     clock = [T0]
     b = breaker(shared_redis, provider_name, clock, fail_max=1, reset_timeout=30)
     assert b.record("a", failed=True) == "opened"
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
-    later = T0 + 31_000
-    processes = [
-        context.Process(target=_admit, args=(redis_url, provider_name, later, start, results))
-        for _ in range(16)
-    ]
-    for process in processes:
-        process.start()
-    start.set()
-    probes = [results.get(timeout=60) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
+    probes = at_once(_admit, 16, redis_url, provider_name, T0 + 31_000)
     assert probes.count(True) == 1

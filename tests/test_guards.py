@@ -13,6 +13,7 @@ import pytest
 import redis
 import requests
 
+from integrations import keys
 from integrations.adapters.http import HttpAdapter
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Ledger
@@ -216,8 +217,52 @@ def test_when_redis_is_down_a_provider_may_choose_to_be_called(
     assert len(simulator.calls()) == 1
 
 
-def test_an_unknown_breaker_outcome_is_not_a_failure(make_fleet: Any) -> None:
-    fleet = make_fleet(breaker={"fail_max": 1})
-    outcome = fleet.runner().run(Delivery("request", {"payload": {"method": "POST"}, "idempotency_key": "k"}))
-    assert isinstance(outcome, Failed)  # an invalid request never reaches the guards
+def test_a_corrected_message_deferred_by_a_guard_later_runs_as_itself(
+    make_fleet: Any, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    fleet = make_fleet()
+    runner = fleet.runner()
+    invalid = runner.run(Delivery("request", {"payload": {"method": "POST"}, "idempotency_key": "k1"}))
+    assert isinstance(invalid, Failed)
+    fleet.breaker.force_open()
+    deferred = send(runner, "k1")
+    assert isinstance(deferred, Defer) and deferred.reason == "breaker_forced_open"
+    waiting = fleet.ledger.find(fleet.provider.name, "k1")
+    assert waiting is not None and (waiting.status, waiting.attempts, waiting.error) == (
+        OperationStatus.QUEUED,
+        0,
+        None,
+    )
+    assert waiting.payload == {"method": "POST", "path": "/v1/x"}
+    fleet.breaker.close()
+    clock.advance(10)
+    done = send(runner, "k1")
+    assert isinstance(done, Done) and done.result["attempts"] == 1
+    assert len(simulator.calls()) == 1
+
+
+def test_a_probe_that_another_guard_holds_back_is_given_up(make_fleet: Any, clock: Clock) -> None:
+    fleet = make_fleet(breaker={"fail_max": 1, "reset_timeout": 30})
+    runner = fleet.runner()
+    assert isinstance(send(runner, "k1", "/v1/x?status=503"), Retry)
+    clock.advance(30)
+    fleet.throttle.pause(5)
+    held = send(runner, "k2", message_id="m2")  # gets the probe, then the throttle's pause holds it
+    assert isinstance(held, Defer) and held.reason == "paused"
+    assert fleet.breaker.admit("m3").probe  # so another message may probe, not wait for m2's lease
+
+
+def test_a_slow_rejection_does_not_trip_the_breaker(make_fleet: Any) -> None:
+    fleet = make_fleet(breaker={"fail_max": 1, "slow_call": 0.05})
+    assert isinstance(send(fleet.runner(), "k1", "/v1/x?status=422&delay=0.1"), Failed)
     assert fleet.breaker.status().state == CLOSED
+
+
+def test_redis_answering_with_an_error_is_not_taken_for_redis_down(
+    make_fleet: Any, shared_redis: redis.Redis, simulator: ProviderSimulator
+) -> None:
+    fleet = make_fleet(rate_limit="10/s")
+    shared_redis.set(keys.bucket(fleet.provider.name), "not a hash")  # e.g. a key of an older version
+    outcome = send(fleet.runner(), "k1")
+    assert isinstance(outcome, Defer) and outcome.reason == "internal_error"
+    assert simulator.calls() == []

@@ -8,9 +8,11 @@ from typing import Any
 
 import redis
 
+from integrations import keys
 from integrations.providers import ProviderSettings, Rate
 from integrations.resilience.scripts import redis_client
 from integrations.resilience.throttle import Throttle
+from tests.processes import at_once
 
 T0 = 1_900_000_000_000.0  # ms
 
@@ -101,7 +103,7 @@ def test_a_live_limit_applies_at_the_next_call_and_reset_returns_to_the_file(
     assert (limits.rate, limits.burst, limits.overridden) == (100, 100, False)
 
 
-def _hammer(url: str, name: str, seconds: float, start: Any, results: Any) -> None:
+def _hammer(start: Any, results: Any, url: str, name: str, seconds: float) -> None:
     client = redis_client(url)
     throttle = Throttle(client, provider(name, rate_limit="50/s", burst=10))
     start.wait()
@@ -123,18 +125,7 @@ def _hammer(url: str, name: str, seconds: float, start: Any, results: Any) -> No
 def test_the_bucket_never_admits_more_than_burst_plus_rate_times_t_across_processes(
     redis_url: str, provider_name: str
 ) -> None:
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
-    processes = [
-        context.Process(target=_hammer, args=(redis_url, provider_name, 1.5, start, results))
-        for _ in range(4)
-    ]
-    for process in processes:
-        process.start()
-    start.set()
-    admitted = sorted(t for _ in processes for t in results.get(timeout=60))
-    for process in processes:
-        process.join(timeout=60)
+    admitted = sorted(t for each in at_once(_hammer, 4, redis_url, provider_name, 1.5) for t in each)
     # Every window [admitted[i], admitted[j]] of granted slots, on the Redis clock, holds at most
     # burst + rate x its length.
     for i in range(len(admitted)):
@@ -175,3 +166,37 @@ def test_messages_that_come_back_late_together_are_spaced_again(
     assert (third.allowed, third.why) == (False, "spacing")
     clock[0] += 100
     assert throttle.take("m2").allowed
+
+
+def test_a_new_limit_does_not_queue_new_calls_behind_a_backlog_paced_at_the_old_one(
+    shared_redis: redis.Redis, provider_name: str
+) -> None:
+    clock = [T0]
+    throttle = Throttle(
+        shared_redis, provider(provider_name, rate_limit="1/s", burst=1), clock=lambda: clock[0]
+    )
+    waits = [throttle.take(f"m{i}").wait for i in range(6)]
+    assert waits[-1] == 5  # a backlog paced at 1/s
+    throttle.set_limits(Rate.parse("100/s"), burst=1)
+    assert throttle.take("new").wait <= 0.01
+
+
+def test_a_reservation_outlives_a_pause_that_moves_it(shared_redis: redis.Redis, provider_name: str) -> None:
+    clock = [T0]
+    throttle = Throttle(
+        shared_redis, provider(provider_name, rate_limit="1/s", burst=1), clock=lambda: clock[0]
+    )
+    throttle.take("m0")
+    assert throttle.take("m1").wait == 1
+    throttle.pause(3600)  # an hourly quota spent
+    assert throttle.take("m1").why == "paused"
+    ttl_ms = shared_redis.pttl(keys.reservation(provider_name, "m1"))
+    assert isinstance(ttl_ms, int) and ttl_ms > 3600 * 1000
+
+
+def test_limits_reset_ends_a_pause(shared_redis: redis.Redis, provider_name: str) -> None:
+    clock = [T0]
+    throttle = Throttle(shared_redis, provider(provider_name), clock=lambda: clock[0])
+    throttle.pause(600)
+    throttle.reset_limits()
+    assert throttle.take("m").allowed

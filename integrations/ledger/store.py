@@ -308,33 +308,44 @@ class Ledger:
         request_id: str | None,
         reason: str,
         until: datetime,
+        takeover: bool = False,
     ) -> None:
         """Note that the operation waits (a guard deferred it) and until when; no attempt is used.
+        ``takeover``: the message is a valid one taking over the key of an invalid one, whose row
+        becomes this operation's.
 
         Best effort: if another worker changed the row meanwhile, its newer state stands."""
         now = self.clock()
         if record is None:
-            values = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
+            row = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
                 "waiting": reason,
                 "next_attempt_at": until,
             }
             try:
                 with self._begin() as connection:
-                    connection.execute(_INSERT, values)
+                    connection.execute(_INSERT, row)
             except IntegrityError:
                 pass
             return
-        self._compare_and_set(
-            record,
-            {
-                "status": OperationStatus.QUEUED.value,
-                "version": record.version + 1,
-                "updated_at": now,
-                "waiting": reason,
-                "next_attempt_at": until,
-                "lease_expires_at": None,
-            },
-        )
+        values: dict[str, Any] = {
+            "status": OperationStatus.QUEUED.value,
+            "version": record.version + 1,
+            "updated_at": now,
+            "waiting": reason,
+            "next_attempt_at": until,
+            "lease_expires_at": None,
+        }
+        if takeover:
+            values |= {
+                "operation": operation,
+                "fingerprint": fingerprint,
+                "payload": payload,
+                "request_id": request_id,
+                "attempts": 0,
+                "error": None,
+                "finished_at": None,
+            }
+        self._compare_and_set(record, values)
 
     def reset_for_replay(self, operation_id: str) -> OperationRecord:
         """Make a failed or dead operation queued again with a fresh attempt budget."""

@@ -88,6 +88,10 @@ class SharedBreaker:
         self.window_key = keys.breaker_window(provider)
         self._admit = script(client, "breaker_admit")
         self._record = script(client, "breaker_record")
+        self._release = client.register_script(
+            "if redis.call('HGET', KEYS[1], 'probe') == ARGV[1] then "
+            "redis.call('HSET', KEYS[1], 'probe', '', 'probe_until', 0) end"
+        )
 
     def admit(self, token: str) -> Admission:
         verdict, wait_ms, state = self._admit(
@@ -115,6 +119,10 @@ class SharedBreaker:
             ],
         )
         return str(transition)
+
+    def release_probe(self, token: str) -> None:
+        """Give up the half-open probe if ``token`` holds it (its attempt will not be made)."""
+        self._release(keys=[self.key], args=[token])
 
     def force_open(self, seconds: float | None = None) -> None:
         """Hold the breaker open (a maintenance window) until ``close`` or for ``seconds``."""

@@ -12,11 +12,16 @@ from integrations import keys
 from integrations.errors import ErrorType, OperationError
 from integrations.pipeline import INLINE_WAIT, Attempt, Defer, Observation
 from integrations.providers import ProviderSettings
+from integrations.resilience.backoff import MAX_RETRY_AFTER
 from integrations.resilience.breaker import HALF_OPEN, SharedBreaker
 from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
 from integrations.resilience.throttle import Throttle
 
 log = logging.getLogger("integrations.resilience")
+
+# Redis out of reach, as opposed to Redis answering with an error (a bug or a misconfiguration, which is
+# not waited out: it goes up as an internal error, named in the log).
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 
 # How soon an operation looks again when Redis is down, or while another worker's probe is in flight.
 REDIS_DOWN_WAIT = 5.0
@@ -35,7 +40,7 @@ class RedisGuard:
     def admit(self, attempt: Attempt) -> Defer | None:
         try:
             return self._admit(attempt)
-        except redis.RedisError as exc:
+        except UNREACHABLE as exc:
             if self.provider.when_redis_down == "call":
                 log.warning(
                     "%s: Redis unreachable, calling without %s: %s", self.provider.name, self.what, exc
@@ -47,7 +52,7 @@ class RedisGuard:
     def observe(self, attempt: Attempt, observation: Observation) -> None:
         try:
             self._observe(attempt, observation)
-        except redis.RedisError as exc:
+        except UNREACHABLE as exc:
             log.warning(
                 "%s: Redis unreachable, %s did not see a call's result: %s",
                 self.provider.name,
@@ -56,6 +61,20 @@ class RedisGuard:
             )
 
     what = "guard"
+
+    def release(self, attempt: Attempt) -> None:
+        try:
+            self._release(attempt)
+        except UNREACHABLE as exc:
+            log.warning(
+                "%s: Redis unreachable, %s keeps a grant until it expires: %s",
+                self.provider.name,
+                self.what,
+                exc,
+            )
+
+    def _release(self, attempt: Attempt) -> None:
+        """Nothing to give back, unless a guard says otherwise."""
 
     def _admit(self, attempt: Attempt) -> Defer | None:
         raise NotImplementedError
@@ -67,9 +86,9 @@ class RedisGuard:
 def counts_as_failure(error: OperationError | None, seconds: float, slow_call: float | None) -> bool:
     """What the breaker counts against a provider: transient failures and slow calls. Rejections,
     invalid requests and conflicts show a provider that answers; a 429 is the throttle's business."""
-    if slow_call is not None and seconds > slow_call:
-        return True
-    return error is not None and error.retryable and error.error_type is not ErrorType.RATE_LIMITED
+    if error is not None and (not error.retryable or error.error_type is ErrorType.RATE_LIMITED):
+        return False
+    return error is not None or (slow_call is not None and seconds > slow_call)
 
 
 class BreakerGuard(RedisGuard):
@@ -86,6 +105,9 @@ class BreakerGuard(RedisGuard):
         if admission.state == HALF_OPEN:  # another worker's probe is in flight: look again soon
             return Defer(min(admission.wait, PROBE_POLL), "breaker_half_open")
         return Defer(admission.wait, f"breaker_{admission.state.replace('-', '_')}")
+
+    def _release(self, attempt: Attempt) -> None:
+        self.breaker.release_probe(attempt.token)
 
     def _observe(self, attempt: Attempt, observation: Observation) -> None:
         failed = counts_as_failure(observation.error, observation.seconds, self.provider.breaker.slow_call)
@@ -125,14 +147,17 @@ class ThrottleGuard(RedisGuard):
         error = observation.error
         name = self.provider.name
         if error is not None and error.error_type is ErrorType.RATE_LIMITED:
-            wait = getattr(error, "retry_after", None) or max(1.0, self.provider.retry.backoff_base)
+            wait = min(
+                getattr(error, "retry_after", None) or max(1.0, self.provider.retry.backoff_base),
+                MAX_RETRY_AFTER,
+            )
             paused = self.throttle.pause(wait)
             log.warning("%s: 429 from the provider; every worker pauses it for %.1fs", name, paused)
         state = parse_rate_limit_headers(observation.headers)
         if state is None:
             return
         if state.exhausted and state.reset_after:
-            paused = self.throttle.pause(state.reset_after)
+            paused = self.throttle.pause(min(state.reset_after, MAX_RETRY_AFTER))
             log.warning("%s: the provider's quota is spent; every worker pauses it for %.1fs", name, paused)
         usage = state.usage
         if usage is not None and usage >= USAGE_WARNING:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
 
 EPOCH_THRESHOLD = 10**9
+EPOCH_MS_THRESHOLD = 10**12
 """A reset above this many seconds is a Unix timestamp (September 2001), not a delay."""
 
 _INTEGER = re.compile(r"[0-9]{1,15}", re.ASCII)
@@ -84,6 +85,8 @@ def _state(limit: int | None, remaining: int | None, reset_after: float | None) 
 def _seconds_until(reset: float | None, now: float) -> float | None:
     if reset is None:
         return None
+    if reset > EPOCH_MS_THRESHOLD:  # a Unix time in milliseconds
+        return max(0.0, reset / 1000 - now)
     if reset > EPOCH_THRESHOLD:
         return max(0.0, reset - now)
     return float(reset)

@@ -111,11 +111,20 @@ class Throttle:
     def set_limits(self, rate: Rate, burst: int | None = None) -> Limits:
         """Override the file's rate (and burst) for every worker, until ``reset_limits``."""
         size = burst or max(1, round(rate.per_second))
-        self.client.hset(
-            self.limits_key, mapping={"rate": repr(rate.per_second), "burst": size, "text": rate.text}
-        )
+        with self.client.pipeline() as pipe:
+            pipe.hset(
+                self.limits_key, mapping={"rate": repr(rate.per_second), "burst": size, "text": rate.text}
+            )
+            # Both clocks start again at the new rate: new callers do not queue behind a backlog paced at
+            # the old one, and messages already holding slots are held to the new rate by the real clock.
+            pipe.hdel(self.bucket_key, "v", "a")
+            pipe.execute()
         return Limits(rate.per_second, size, overridden=True)
 
     def reset_limits(self) -> Limits:
-        self.client.delete(self.limits_key)
+        """Back to the providers file's rate, and end any pause."""
+        with self.client.pipeline() as pipe:
+            pipe.delete(self.limits_key)
+            pipe.hdel(self.bucket_key, "v", "a", "pause")
+            pipe.execute()
         return self.limits()

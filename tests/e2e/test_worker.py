@@ -16,6 +16,8 @@ import redis
 from celery.result import AsyncResult
 from kombu import Connection, Exchange, Queue
 
+from integrations import keys
+from integrations.resilience.breaker import now_ms
 from integrations.ledger.models import OperationStatus
 from integrations.testing.provider import ProviderSimulator
 from tasks.worker import running_worker
@@ -241,10 +243,13 @@ def test_a_429_pauses_the_provider_for_every_worker_process(worker: Worker, sim:
     first = worker.send(
         unique("429"), {"method": "POST", "path": "/v1/p?fail=1&fail_status=429&retry_after=2"}
     )
+    client = redis.Redis.from_url(worker.env["REDIS_URL"])
     deadline = time.monotonic() + TIMEOUT
-    while not sim.calls(path="/v1/p"):
+    # until the worker has seen the 429 and paused the provider (a pause ending in the future)
+    while float(client.hget(keys.bucket("sim"), "pause") or 0) <= now_ms(client):
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    client.close()
     others = [worker.send(unique("after"), {"method": "POST", "path": "/v1/q"}) for _ in range(4)]
     for result in [first, *others]:
         result.get(timeout=TIMEOUT)

@@ -339,3 +339,11 @@ def test_usage_crosses_the_warning_threshold_from_parsed_headers() -> None:
     assert state is not None
     assert state.usage is not None and state.usage > 0.8
     assert not state.exhausted
+
+
+def test_a_reset_in_epoch_milliseconds_is_read_as_such() -> None:
+    state = parse_rate_limit_headers(
+        {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1700000030000"},
+        now=1_700_000_000.0,
+    )
+    assert state is not None and state.reset_after == 30.0

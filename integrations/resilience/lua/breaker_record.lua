@@ -75,5 +75,7 @@ elseif state == 'closed' and failed then
     transition = 'opened'
   end
 end
-redis.call('PEXPIRE', key, ttl)
+if redis.call('HGET', key, 'forced') ~= 'open' then  -- a maintenance window lasts until it is closed
+  redis.call('PEXPIRE', key, ttl)
+end
 return {transition, redis.call('HGET', key, 'state') or 'closed', consecutive}

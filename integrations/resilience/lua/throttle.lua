@@ -72,11 +72,14 @@ end
 local reserved = redis.call('GET', KEYS[4])
 if reserved then
   local slot = tonumber(reserved)
+  local wait = slot - vnow
   if now < paused_until then
-    return {0, math.ceil(math.max(slot - vnow, paused_until - now)), 'paused', tostring(now)}
+    wait = math.max(wait, paused_until - now)
   end
-  if vnow < slot then
-    return {0, math.ceil(slot - vnow), 'reserved', tostring(now)}
+  if wait > 0 then
+    -- a pause may have moved the slot later: the reservation must outlive it
+    redis.call('PEXPIRE', KEYS[4], math.ceil(wait) + tonumber(ARGV[5]))
+    return {0, math.ceil(wait), now < paused_until and 'paused' or 'reserved', tostring(now)}
   end
   local wait = through()
   if wait > 0 then
