@@ -17,8 +17,8 @@ from celery.result import AsyncResult
 from kombu import Connection, Exchange, Queue
 
 from integrations import keys
-from integrations.resilience.breaker import now_ms
 from integrations.ledger.models import OperationStatus
+from integrations.resilience.breaker import now_ms
 from integrations.testing.provider import ProviderSimulator
 from tasks.worker import running_worker
 from tests.e2e.conftest import Worker, unique
