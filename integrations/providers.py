@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from integrations.auth import AuthSettings
 from integrations.errors import ConfigError
 
 # The longest delay the code hands to the broker as a countdown. A message held by a worker for an ETA
@@ -119,6 +120,7 @@ class ProviderSettings(_Section):
     # What the breaker and the throttle do when Redis cannot be reached: "defer" waits (the default: a
     # provider is never called blind), "call" goes ahead without them.
     when_redis_down: Literal["defer", "call"] = "defer"
+    auth: AuthSettings | None = None
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
 

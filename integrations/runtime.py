@@ -16,6 +16,7 @@ import requests
 
 from integrations.adapters.base import Adapter
 from integrations.adapters.registry import resolve
+from integrations.auth import credentials
 from integrations.errors import ConfigError
 from integrations.ledger.store import Ledger
 from integrations.pipeline import Guard, OperationRunner
@@ -78,7 +79,9 @@ class Runtime:
                 settings = self.providers[provider]
             except KeyError:
                 raise ConfigError(f"provider {provider!r} is not in the providers file") from None
-            adapter = self.adapter_classes[provider](settings, self.session)
+            adapter = self.adapter_classes[provider](
+                settings, self.session, credentials(settings.name, settings.auth)
+            )
             runner = self._runners[provider] = OperationRunner(
                 settings, adapter, self.ledger, guards=self.guards(settings), interrupts=self.interrupts
             )

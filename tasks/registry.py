@@ -7,12 +7,14 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, WorkerShutdown
-from celery.signals import worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 
 from config.settings import Settings
+from integrations.auth import credentials
 from integrations.errors import ConfigError
 from integrations.ledger import schema
 from integrations.ledger.store import create_ledger_engine
+from integrations.redaction import install as install_redaction
 from integrations.runtime import Runtime
 from tasks.maintenance import MAINTENANCE_QUEUE, PRUNE_TASK, register_maintenance
 from tasks.operations import configure_runtime, register_operation
@@ -45,13 +47,20 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     register_maintenance(app)
 
     @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _check_ledger_schema(**_: Any) -> None:
+    def _check_before_start(**_: Any) -> None:
         try:
             check_schema(settings.database_url)
+            for provider in loaded.providers.values():  # every secret can be had, before any message
+                credentials(provider.name, provider.auth)
         except ConfigError as exc:
             # Celery logs and swallows a signal handler's exceptions; WorkerShutdown stops the worker.
             log.critical("%s", exc)
             raise WorkerShutdown(str(exc)) from exc
+
+    @after_setup_logger.connect(weak=False)  # type: ignore[untyped-decorator]
+    @after_setup_task_logger.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _redact_logs(logger: logging.Logger, **_: Any) -> None:
+        install_redaction(logger)
 
     return loaded
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import requests
 from pydantic import BaseModel, ValidationError
 
+from integrations.auth import Credentials
 from integrations.errors import (
     ContractViolation,
     ErrorType,
@@ -105,9 +106,12 @@ class Adapter:
                 specs[spec.name] = spec
         cls.operations = specs
 
-    def __init__(self, provider: ProviderSettings, session: requests.Session) -> None:
+    def __init__(
+        self, provider: ProviderSettings, session: requests.Session, credentials: Credentials | None = None
+    ) -> None:
         self.provider = provider
         self.session = session
+        self.credentials = credentials or Credentials({})
         # The environment's proxy and CA settings, read once: with ``trust_env`` a session reads them on
         # every call (half a millisecond with a large environment). ``no_proxy`` is applied to base_url.
         self.proxies = requests.utils.get_environ_proxies(provider.base_url)
@@ -145,6 +149,7 @@ class Adapter:
         call = spec.build(self, payload)
         headers = {
             **call.headers,
+            **self.credentials.headers,
             self.idempotency_header: idempotency_key,
             self.request_id_header: request_id,
         }
@@ -274,5 +279,5 @@ def check_not_credential(kind: str, name: str) -> None:
     if CREDENTIAL_NAME.search(name):
         raise ValueError(
             f"{kind} {name!r} looks like a credential, which must not travel in messages (they would be "
-            "stored and logged); configure credentials for the provider on the worker"
+            "stored and logged); declare them in the providers file under [providers.<name>.auth]"
         )

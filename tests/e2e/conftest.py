@@ -20,6 +20,8 @@ from integrations.testing.provider import ProviderSimulator
 from tasks.worker import WorkerProcess, running_worker
 from tests.conftest import TEST_REDIS_DB, with_redis_db
 
+CANARY = "sk_live_canary_" + uuid.uuid4().hex  # a secret that must be found nowhere but at the provider
+
 
 def closed_port() -> int:
     with socket.socket() as sock:
@@ -58,6 +60,13 @@ rate_limit = "100/s"
 [providers.fragile]
 adapter = "http"
 base_url = "{simulator_url}"
+
+[providers.secured]
+adapter = "http"
+base_url = "{simulator_url}"
+[providers.secured.auth]
+type = "bearer"
+secret = "env:INTEGRATIONS_TEST_CANARY"
 
 [providers.down]
 adapter = "http"
@@ -114,6 +123,7 @@ def worker(
         DATABASE_URL=database,
         INTEGRATIONS_PROVIDERS_FILE=str(providers),
         PYTHONUNBUFFERED="1",
+        INTEGRATIONS_TEST_CANARY=CANARY,
     )
     env.pop("BROKER_URL", None)
     app = Celery("client", broker=redis_url, backend=redis_url)
@@ -131,6 +141,7 @@ def worker(
                 "integrations.slow",
                 "integrations.tuned",
                 "integrations.fragile",
+                "integrations.secured",
                 "integrations.down",
             ],
             folder,

@@ -21,7 +21,7 @@ from integrations.ledger.models import OperationStatus
 from integrations.resilience.breaker import now_ms
 from integrations.testing.provider import ProviderSimulator
 from tasks.worker import running_worker
-from tests.e2e.conftest import Worker, unique
+from tests.e2e.conftest import CANARY, Worker, unique
 
 TIMEOUT = 30
 
@@ -291,3 +291,35 @@ def test_a_forced_open_breaker_holds_operations_until_closed(worker: Worker, sim
     assert result.get(timeout=TIMEOUT)["attempts"] == 1
     assert len(sim.calls(path="/v1/f")) == 1
     assert record.status is OperationStatus.QUEUED
+
+
+def test_a_secret_reaches_the_provider_and_nothing_else(worker: Worker, sim: ProviderSimulator) -> None:
+    ok = worker.send(unique("secret"), {"method": "POST", "path": "/v1/s"}, provider="secured")
+    assert ok.get(timeout=TIMEOUT)["status"] == "succeeded"
+    rejected = worker.send(
+        unique("secret"), {"method": "POST", "path": "/v1/s?status=401"}, provider="secured"
+    )
+    with pytest.raises(Exception, match="provider_rejected"):
+        rejected.get(timeout=TIMEOUT)
+    assert {c.headers["authorization"] for c in sim.calls(path="/v1/s")} == {f"Bearer {CANARY}"}
+
+    canary = CANARY.encode()
+    client = redis.Redis.from_url(worker.env["REDIS_URL"])  # the broker and the result backend
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"string":
+            values = [client.get(key) or b""]
+        elif kind == b"list":
+            values = client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            values = list(client.hgetall(key).values())
+        elif kind in (b"set", b"zset"):
+            values = list(client.smembers(key)) if kind == b"set" else client.zrange(key, 0, -1)
+        else:
+            values = []
+        assert not any(canary in value for value in values), key
+    client.close()
+    with worker.ledger.engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT * FROM operations").fetchall()
+    assert rows and not any(CANARY in str(row) for row in rows)
+    assert CANARY not in worker.process.log.read_text()
