@@ -279,5 +279,5 @@ def check_not_credential(kind: str, name: str) -> None:
     if CREDENTIAL_NAME.search(name):
         raise ValueError(
             f"{kind} {name!r} looks like a credential, which must not travel in messages (they would be "
-            "stored and logged); declare them in the providers file under [providers.<name>.auth]"
+            "stored and logged); declare credentials in the providers file under [providers.<name>.auth]"
         )
