@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -59,7 +58,51 @@ class HeaderAuth(_Auth):
         return value
 
 
-AuthSettings = Annotated[BearerAuth | HeaderAuth, Field(discriminator="type")]
+class _OAuth2(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_url: str
+    client_id: str
+    client_secret: str | None = None
+    scopes: list[str] = []
+    # Refresh this long before the token expires, so no call goes out with a token about to lapse.
+    refresh_margin: Annotated[float, Field(ge=0)] = 300.0
+    # How the client authenticates at the token endpoint: HTTP Basic (RFC 6749 2.3.1) or form fields.
+    client_auth: Literal["basic", "post"] = "basic"
+
+    @field_validator("token_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"token_url {value!r} must start with http:// or https://")
+        return value
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        return None if value is None else _reference(value)
+
+
+class OAuth2ClientCredentials(_OAuth2):
+    """The client credentials grant: the worker fetches access tokens with its client id and secret."""
+
+    type: Literal["oauth2_client_credentials"]
+    client_secret: str
+
+
+class OAuth2RefreshToken(_OAuth2):
+    """The refresh token grant: the worker exchanges a long-lived refresh token for access tokens."""
+
+    type: Literal["oauth2_refresh_token"]
+    refresh_token: str
+
+    _check_refresh_token = field_validator("refresh_token")(_reference)
+
+
+OAuth2 = OAuth2ClientCredentials | OAuth2RefreshToken
+AuthSettings = Annotated[
+    BearerAuth | HeaderAuth | OAuth2ClientCredentials | OAuth2RefreshToken, Field(discriminator="type")
+]
 
 
 def resolve_secret(reference: str, where: str) -> str:
@@ -82,21 +125,40 @@ def resolve_secret(reference: str, where: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
 class Credentials:
-    """Resolved credentials of one provider: the headers they add to every call."""
+    """Credentials of one provider as an adapter uses them: the headers for the next call, and a way
+    to recover from a 401 (static credentials have none)."""
 
-    headers: dict[str, str]
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self._headers = headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+    def refresh(self, rejected: dict[str, str]) -> bool:
+        """The provider answered 401 to ``rejected``: get fresh credentials; False if there are none."""
+        return False
 
     def __repr__(self) -> str:  # never shows the secret, in a traceback or a debugger
-        return f"Credentials(headers={sorted(self.headers)})"
+        return f"{type(self).__name__}(headers={sorted(self.headers())})"
 
 
-def credentials(provider: str, auth: BearerAuth | HeaderAuth | None) -> Credentials:
-    """Resolve ``auth`` for ``provider`` (in the worker, at its start and then once per process)."""
+def static_credentials(provider: str, auth: BearerAuth | HeaderAuth | None) -> Credentials:
+    """Resolve a static ``auth`` for ``provider``."""
     if auth is None:
-        return Credentials({})
+        return Credentials()
     secret = resolve_secret(auth.secret, f"[providers.{provider}.auth] key 'secret'")
     if isinstance(auth, BearerAuth):
         return Credentials({"Authorization": f"Bearer {secret}"})
     return Credentials({auth.header: secret})
+
+
+def check_secrets(provider: str, auth: BearerAuth | HeaderAuth | OAuth2 | None) -> None:
+    """Every secret ``auth`` references can be had (a worker checks this before it starts)."""
+    if auth is None:
+        return
+    where = f"[providers.{provider}.auth]"
+    for key in ("secret", "client_secret", "refresh_token"):
+        reference = getattr(auth, key, None)
+        if reference is not None:
+            resolve_secret(reference, f"{where} key '{key}'")

@@ -51,3 +51,14 @@ def reservation(provider: str, message_id: str) -> str:
 def usage_warned(provider: str) -> str:
     """String: set while a high-usage warning for the provider's current window has been logged."""
     return f"{_tag(provider)}:usage-warned"
+
+
+def oauth_token(provider: str) -> str:
+    """Hash: the provider's OAuth2 access token shared by every worker (``token``, ``expires_at`` in s,
+    ``refresh_token`` when the provider rotates it); expires with the token."""
+    return f"{_tag(provider)}:oauth:token"
+
+
+def oauth_refresh_lock(provider: str) -> str:
+    """String: held by the one worker refreshing the provider's token."""
+    return f"{_tag(provider)}:oauth:refreshing"

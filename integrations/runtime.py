@@ -16,9 +16,10 @@ import requests
 
 from integrations.adapters.base import Adapter
 from integrations.adapters.registry import resolve
-from integrations.auth import credentials
+from integrations.auth import Credentials, OAuth2ClientCredentials, OAuth2RefreshToken, static_credentials
 from integrations.errors import ConfigError
 from integrations.ledger.store import Ledger
+from integrations.oauth import SharedOAuth2Token
 from integrations.pipeline import Guard, OperationRunner
 from integrations.providers import ProviderSettings, load_providers
 from integrations.resilience.breaker import SharedBreaker
@@ -72,6 +73,12 @@ class Runtime:
         breaker = SharedBreaker(self.redis, provider.name, provider.breaker, probe_ttl=provider.lease_seconds)
         return [BreakerGuard(provider, breaker), ThrottleGuard(provider, Throttle(self.redis, provider))]
 
+    def credentials(self, provider: ProviderSettings) -> Credentials:
+        auth = provider.auth
+        if isinstance(auth, OAuth2ClientCredentials | OAuth2RefreshToken):
+            return SharedOAuth2Token(self.redis, self.session, provider.name, auth, timeout=provider.timeout)
+        return static_credentials(provider.name, auth)
+
     def runner(self, provider: str) -> OperationRunner:
         runner = self._runners.get(provider)
         if runner is None:
@@ -79,9 +86,7 @@ class Runtime:
                 settings = self.providers[provider]
             except KeyError:
                 raise ConfigError(f"provider {provider!r} is not in the providers file") from None
-            adapter = self.adapter_classes[provider](
-                settings, self.session, credentials(settings.name, settings.auth)
-            )
+            adapter = self.adapter_classes[provider](settings, self.session, self.credentials(settings))
             runner = self._runners[provider] = OperationRunner(
                 settings, adapter, self.ledger, guards=self.guards(settings), interrupts=self.interrupts
             )

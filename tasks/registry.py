@@ -10,7 +10,7 @@ from celery.exceptions import SoftTimeLimitExceeded, WorkerShutdown
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 
 from config.settings import Settings
-from integrations.auth import credentials
+from integrations.auth import check_secrets
 from integrations.errors import ConfigError
 from integrations.ledger import schema
 from integrations.ledger.store import create_ledger_engine
@@ -51,7 +51,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
         try:
             check_schema(settings.database_url)
             for provider in loaded.providers.values():  # every secret can be had, before any message
-                credentials(provider.name, provider.auth)
+                check_secrets(provider.name, provider.auth)
         except ConfigError as exc:
             # Celery logs and swallows a signal handler's exceptions; WorkerShutdown stops the worker.
             log.critical("%s", exc)

@@ -144,18 +144,35 @@ class Adapter:
 
     def call(self, operation: str, payload: BaseModel, *, idempotency_key: str, request_id: str) -> Reply:
         """Make one attempt; return the parsed response or raise an ``OperationError`` (whose
-        ``headers`` are the answer's, when there was one)."""
+        ``headers`` are the answer's, when there was one). A 401 with credentials that can be renewed
+        (OAuth2) renews them once and sends once more, within the same attempt."""
         spec = self.spec(operation)
         call = spec.build(self, payload)
+        credentials = self.credentials.headers()
         headers = {
             **call.headers,
-            **self.credentials.headers,
+            **credentials,
             self.idempotency_header: idempotency_key,
             self.request_id_header: request_id,
         }
+        response = self._send(operation, call, headers)
+        if response.status_code == 401 and self.credentials.refresh(credentials):
+            response = self._send(operation, call, headers | self.credentials.headers())
+        answer_headers = dict(response.headers)
+        try:
+            error = self.classify(operation, response)
+            if error is not None:
+                raise error
+            return Reply(self.parse_response(spec, response), answer_headers)
+        except OperationError as exc:
+            exc.headers = answer_headers
+            raise
+
+    def _send(self, operation: str, call: HttpCall, headers: Mapping[str, str]) -> requests.Response:
+        """Send ``call``; foreign exceptions become ours here."""
         where = self.where(operation)
         try:
-            response = self.session.request(
+            return self.session.request(
                 call.method,
                 self.provider.base_url + call.path,
                 params=call.params,
@@ -186,15 +203,6 @@ class Adapter:
             raise InvalidRequest(
                 f"{where}: the request cannot be sent ({type(exc).__name__}); check the payload"
             ) from exc
-        answer_headers = dict(response.headers)
-        try:
-            error = self.classify(operation, response)
-            if error is not None:
-                raise error
-            return Reply(self.parse_response(spec, response), answer_headers)
-        except OperationError as exc:
-            exc.headers = answer_headers
-            raise
 
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
         """Map a non-success answer to an error; ``None`` means success. Adapters refine this."""

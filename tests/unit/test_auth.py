@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from integrations.adapters.http import HttpAdapter
-from integrations.auth import credentials, resolve_secret
+from integrations.auth import resolve_secret
+from integrations.auth import static_credentials as credentials
 from integrations.errors import ConfigError
 from integrations.providers import ProviderSettings, parse_providers
 from integrations.redaction import MASK, RedactingFilter, redact, register_secret
@@ -25,9 +26,9 @@ def provider_with(auth: dict[str, Any], base_url: str = "https://api.example") -
 def test_bearer_and_header_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACME_KEY", "sk_test_123456")
     bearer = provider_with({"type": "bearer", "secret": "env:ACME_KEY"})
-    assert credentials("acme", bearer.auth).headers == {"Authorization": "Bearer sk_test_123456"}
+    assert credentials("acme", bearer.auth).headers() == {"Authorization": "Bearer sk_test_123456"}
     header = provider_with({"type": "header", "header": "X-Api-Key", "secret": "env:ACME_KEY"})
-    assert credentials("acme", header.auth).headers == {"X-Api-Key": "sk_test_123456"}
+    assert credentials("acme", header.auth).headers() == {"X-Api-Key": "sk_test_123456"}
     assert "sk_test" not in repr(credentials("acme", header.auth))
 
 
@@ -35,7 +36,7 @@ def test_a_secret_from_a_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "key"
     secret_file.write_text("file-secret-9876\n")
     acme = provider_with({"type": "bearer", "secret": f"file:{secret_file}"})
-    assert credentials("acme", acme.auth).headers["Authorization"] == "Bearer file-secret-9876"
+    assert credentials("acme", acme.auth).headers()["Authorization"] == "Bearer file-secret-9876"
 
 
 @pytest.mark.parametrize(

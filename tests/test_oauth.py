@@ -1,0 +1,175 @@
+"""OAuth2 tokens shared through real Redis by several workers, against a local authorization server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from integrations.adapters.http import HttpAdapter
+from integrations.errors import ProviderRejected
+from integrations.oauth import SharedOAuth2Token
+from integrations.providers import ProviderSettings, parse_providers
+from integrations.resilience.scripts import redis_client
+from tests.oauth_server import OAuthServer
+from tests.processes import at_once
+
+T0 = 1_900_000_000.0
+
+
+@pytest.fixture
+def server() -> Iterator[OAuthServer]:
+    with OAuthServer() as running:
+        yield running
+
+
+def provider(name: str, server: OAuthServer, **auth: Any) -> ProviderSettings:
+    table = {
+        "adapter": "http",
+        "base_url": server.url,
+        "auth": {
+            "type": "oauth2_client_credentials",
+            "token_url": f"{server.url}/token",
+            "client_id": "client-1",
+            "client_secret": "env:TEST_OAUTH_SECRET",
+        }
+        | auth,
+    }
+    return parse_providers({"providers": {name: table}}, source="providers.toml")[name]
+
+
+@pytest.fixture(autouse=True)
+def secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_OAUTH_SECRET", "client-secret-1")
+    monkeypatch.setenv("TEST_REFRESH_TOKEN", "refresh-1")
+
+
+def worker_token(client: redis.Redis, settings: ProviderSettings, clock: list[float]) -> SharedOAuth2Token:
+    assert settings.auth is not None and settings.auth.type.startswith("oauth2")
+    return SharedOAuth2Token(client, requests.Session(), settings.name, settings.auth, clock=lambda: clock[0])  # type: ignore[arg-type]
+
+
+def test_one_token_is_fetched_and_shared_by_every_worker(
+    shared_redis: redis.Redis, provider_name: str, server: OAuthServer
+) -> None:
+    clock = [T0]
+    settings = provider(provider_name, server)
+    first, second = worker_token(shared_redis, settings, clock), worker_token(shared_redis, settings, clock)
+    assert first.headers() == second.headers() == {"Authorization": "Bearer access-1"}
+    assert len(server.token_requests) == 1
+    assert server.token_requests[0]["grant_type"] == "client_credentials"
+
+
+def test_the_token_is_renewed_a_margin_before_it_expires(
+    shared_redis: redis.Redis, provider_name: str, server: OAuthServer
+) -> None:
+    server.expires_in = 600
+    clock = [T0]
+    token = worker_token(shared_redis, provider(provider_name, server, refresh_margin=300), clock)
+    assert token.token() == "access-1"
+    clock[0] += 299
+    assert token.token() == "access-1"
+    clock[0] += 2  # within 300 s of expiry
+    assert token.token() == "access-2"
+
+
+def test_a_401_renews_the_token_once_and_retries_once(
+    shared_redis: redis.Redis, provider_name: str, server: OAuthServer
+) -> None:
+    clock = [T0]
+    settings = provider(provider_name, server)
+    adapter = HttpAdapter(settings, requests.Session(), worker_token(shared_redis, settings, clock))
+    payload = adapter.parse_payload("request", {"method": "GET", "path": "/api/me"})
+    assert adapter.call("request", payload, idempotency_key="k1", request_id="r").model.status_code == 200  # type: ignore[attr-defined]
+    server.valid = set()  # the provider revokes the token
+    assert adapter.call("request", payload, idempotency_key="k2", request_id="r").model.status_code == 200  # type: ignore[attr-defined]
+    assert server.api_calls == ["access-1", "access-1", "access-2"]
+    assert len(server.token_requests) == 2
+
+
+def test_a_401_after_renewal_is_a_rejection_not_a_loop(
+    shared_redis: redis.Redis, provider_name: str, server: OAuthServer
+) -> None:
+    clock = [T0]
+    settings = provider(provider_name, server)
+    adapter = HttpAdapter(settings, requests.Session(), worker_token(shared_redis, settings, clock))
+    payload = adapter.parse_payload("request", {"method": "GET", "path": "/api/me"})
+    server.refuse_all = True
+    with pytest.raises(ProviderRejected) as caught:
+        adapter.call("request", payload, idempotency_key="k", request_id="r")
+    assert caught.value.status_code == 401
+    assert len(server.api_calls) == 2 and len(server.token_requests) == 2  # one renewal, one retry
+
+
+def test_a_refused_client_is_named_without_its_secret(
+    shared_redis: redis.Redis, provider_name: str, server: OAuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_OAUTH_SECRET", "wrong-secret-xyz")
+    clock = [T0]
+    token = worker_token(shared_redis, provider(provider_name, server), clock)
+    with pytest.raises(ProviderRejected) as caught:
+        token.token()
+    assert "token endpoint" in caught.value.message and "refused" in caught.value.message
+    assert caught.value.body == {"error": "invalid_client"}
+    assert "wrong-secret-xyz" not in caught.value.message
+
+
+def test_the_refresh_token_grant_keeps_a_rotated_refresh_token(
+    shared_redis: redis.Redis, provider_name: str, server: OAuthServer
+) -> None:
+    server.rotate, server.expires_in = True, 600
+    clock = [T0]
+    settings = provider(
+        provider_name,
+        server,
+        type="oauth2_refresh_token",
+        refresh_token="env:TEST_REFRESH_TOKEN",
+        client_auth="post",
+    )
+    token = worker_token(shared_redis, settings, clock)
+    assert token.token() == "access-1"
+    clock[0] += 400
+    assert token.token() == "access-2"  # with the refresh token the first answer rotated in
+    assert [r["refresh_token"] for r in server.token_requests] == ["refresh-1", "refresh-2"]
+    assert server.token_requests[0]["client_id"] == "client-1"
+
+
+def _renew_at_expiry(start: Any, results: Any, url: str, name: str, server_url: str, now: float) -> None:
+    import os
+
+    os.environ["TEST_OAUTH_SECRET"] = "client-secret-1"
+    settings = parse_providers(
+        {
+            "providers": {
+                name: {
+                    "adapter": "http",
+                    "base_url": server_url,
+                    "auth": {
+                        "type": "oauth2_client_credentials",
+                        "token_url": f"{server_url}/token",
+                        "client_id": "client-1",
+                        "client_secret": "env:TEST_OAUTH_SECRET",
+                    },
+                }
+            }
+        },
+        source="providers.toml",
+    )[name]
+    assert settings.auth is not None
+    token = SharedOAuth2Token(redis_client(url), requests.Session(), name, settings.auth, clock=lambda: now)  # type: ignore[arg-type]
+    start.wait()
+    results.put(token.token())
+
+
+def test_four_workers_at_expiry_make_one_refresh(
+    shared_redis: redis.Redis, redis_url: str, provider_name: str, server: OAuthServer
+) -> None:
+    clock = [T0]
+    assert worker_token(shared_redis, provider(provider_name, server), clock).token() == "access-1"
+    later = T0 + 3600 - 100  # inside the refresh margin, for every worker at once
+    tokens = at_once(_renew_at_expiry, 4, redis_url, provider_name, server.url, later)
+    assert len(server.token_requests) == 2
+    assert set(tokens) == {"access-2"}
