@@ -22,13 +22,16 @@ def provider(name: str, **table: Any) -> ProviderSettings:
     return ProviderSettings.model_validate(base | table)
 
 
+def bucket(client: redis.Redis, name: str, clock: list[float], **table: Any) -> Throttle:
+    """A provider's throttle on the test's clock (ms), so nothing here waits."""
+    return Throttle(client, provider(name, **table), clock=lambda: clock[0])
+
+
 def test_burst_then_the_rate_and_a_reserved_slot_for_each_deferral(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
     clock = [T0]
-    throttle = Throttle(
-        shared_redis, provider(provider_name, rate_limit="10/s", burst=3), clock=lambda: clock[0]
-    )
+    throttle = bucket(shared_redis, provider_name, clock, rate_limit="10/s", burst=3)
     takes = [throttle.take(f"m{i}") for i in range(5)]
     assert [t.allowed for t in takes] == [True, True, True, False, False]
     assert [t.wait for t in takes[3:]] == [0.1, 0.2]  # each deferred message is told its own slot
@@ -44,11 +47,7 @@ def test_headroom_runs_the_bucket_that_share_below_the_limit(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
     clock = [T0]
-    throttle = Throttle(
-        shared_redis,
-        provider(provider_name, rate_limit="10/s", burst=1, headroom=0.2),
-        clock=lambda: clock[0],
-    )
+    throttle = bucket(shared_redis, provider_name, clock, rate_limit="10/s", burst=1, headroom=0.2)
     assert throttle.take("m0").allowed
     assert throttle.take("m1").wait == 0.125  # 8/s, not 10/s
 
@@ -67,7 +66,7 @@ def test_an_account_has_its_own_bucket_inside_the_provider_s(
         "burst": 100,
         "per_key": {"field": "account", "rate_limit": "1/s", "burst": 2},
     }
-    throttle = Throttle(shared_redis, provider(provider_name, **table), clock=lambda: clock[0])
+    throttle = bucket(shared_redis, provider_name, clock, **table)
     assert [throttle.take(f"a{i}", "acct_1").allowed for i in range(3)] == [True, True, False]
     assert throttle.take("b0", "acct_2").allowed  # another account is not held back
     assert throttle.take("c0", None).allowed  # nor an operation without one
@@ -77,7 +76,7 @@ def test_a_pause_holds_every_caller_and_keeps_the_longer_one(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
     clock = [T0]
-    throttle = Throttle(shared_redis, provider(provider_name), clock=lambda: clock[0])
+    throttle = bucket(shared_redis, provider_name, clock)
     assert throttle.pause(5) == 5
     assert throttle.pause(2) == 5  # a shorter pause does not cut a longer one
     take = throttle.take("m")
@@ -90,9 +89,7 @@ def test_a_live_limit_applies_at_the_next_call_and_reset_returns_to_the_file(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
     clock = [T0]
-    throttle = Throttle(
-        shared_redis, provider(provider_name, rate_limit="100/s", burst=100), clock=lambda: clock[0]
-    )
+    throttle = bucket(shared_redis, provider_name, clock, rate_limit="100/s", burst=100)
     other_worker = Throttle(
         shared_redis, provider(provider_name, rate_limit="100/s", burst=100), clock=lambda: clock[0]
     )
@@ -138,9 +135,7 @@ def test_a_pause_moves_every_reserved_slot_after_it_keeping_their_spacing(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
     clock = [T0]
-    throttle = Throttle(
-        shared_redis, provider(provider_name, rate_limit="10/s", burst=1), clock=lambda: clock[0]
-    )
+    throttle = bucket(shared_redis, provider_name, clock, rate_limit="10/s", burst=1)
     assert throttle.take("m0").allowed
     assert [throttle.take(f"m{i}").wait for i in (1, 2, 3)] == [0.1, 0.2, 0.3]
     throttle.pause(1)  # a 429 arrives
@@ -154,9 +149,7 @@ def test_messages_that_come_back_late_together_are_spaced_again(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
     clock = [T0]
-    throttle = Throttle(
-        shared_redis, provider(provider_name, rate_limit="10/s", burst=1), clock=lambda: clock[0]
-    )
+    throttle = bucket(shared_redis, provider_name, clock, rate_limit="10/s", burst=1)
     assert throttle.take("m0").allowed
     assert [throttle.take(f"m{i}").wait for i in (1, 2, 3)] == [0.1, 0.2, 0.3]
     clock[0] += 500  # a busy worker runs all three late, at once
@@ -172,9 +165,7 @@ def test_a_new_limit_does_not_queue_new_calls_behind_a_backlog_paced_at_the_old_
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
     clock = [T0]
-    throttle = Throttle(
-        shared_redis, provider(provider_name, rate_limit="1/s", burst=1), clock=lambda: clock[0]
-    )
+    throttle = bucket(shared_redis, provider_name, clock, rate_limit="1/s", burst=1)
     waits = [throttle.take(f"m{i}").wait for i in range(6)]
     assert waits[-1] == 5  # a backlog paced at 1/s
     throttle.set_limits(Rate.parse("100/s"), burst=1)
@@ -183,9 +174,7 @@ def test_a_new_limit_does_not_queue_new_calls_behind_a_backlog_paced_at_the_old_
 
 def test_a_reservation_outlives_a_pause_that_moves_it(shared_redis: redis.Redis, provider_name: str) -> None:
     clock = [T0]
-    throttle = Throttle(
-        shared_redis, provider(provider_name, rate_limit="1/s", burst=1), clock=lambda: clock[0]
-    )
+    throttle = bucket(shared_redis, provider_name, clock, rate_limit="1/s", burst=1)
     throttle.take("m0")
     assert throttle.take("m1").wait == 1
     throttle.pause(3600)  # an hourly quota spent
@@ -196,7 +185,7 @@ def test_a_reservation_outlives_a_pause_that_moves_it(shared_redis: redis.Redis,
 
 def test_limits_reset_ends_a_pause(shared_redis: redis.Redis, provider_name: str) -> None:
     clock = [T0]
-    throttle = Throttle(shared_redis, provider(provider_name), clock=lambda: clock[0])
+    throttle = bucket(shared_redis, provider_name, clock)
     throttle.pause(600)
     throttle.reset_limits()
     assert throttle.take("m").allowed
