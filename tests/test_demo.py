@@ -29,8 +29,11 @@ def test_demo_runs_a_mixed_workload_and_ends_as_expected(redis_server_url: str, 
     assert "keys the provider accepted more than once: 0" in done.stdout
     assert "not as expected" not in done.stdout
     assert (tmp_path / "demo.sqlite3").exists()  # left for `integrations dlq list`
-    leftovers = subprocess.run(["pgrep", "-f", f"celery.*{tmp_path.name}"], capture_output=True, text=True)
-    assert leftovers.stdout == ""
+    # the demo's worker (the only one consuming its demo-* queues) is gone
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "config.celery_app worker -Q integrations.demo-"], capture_output=True, text=True
+    )
+    assert leftovers.returncode == 1 and leftovers.stdout == ""
 
 
 def test_a_private_redis_is_started_when_none_answers_and_stopped_after() -> None:

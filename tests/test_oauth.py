@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+from pydantic import BaseModel
 
 from integrations.adapters.http import HttpAdapter
 from integrations.errors import ProviderRejected
@@ -76,13 +77,17 @@ def test_the_token_is_renewed_a_margin_before_it_expires(
     assert token.token() == "access-2"
 
 
+def api_adapter(client: redis.Redis, name: str, server: OAuthServer) -> tuple[HttpAdapter, BaseModel]:
+    """An adapter of a worker whose provider takes the shared token, and a payload for its API."""
+    settings = provider(name, server)
+    adapter = HttpAdapter(settings, requests.Session(), worker_token(client, settings, [T0]))
+    return adapter, adapter.parse_payload("request", {"method": "GET", "path": "/api/me"})
+
+
 def test_a_401_renews_the_token_once_and_retries_once(
     shared_redis: redis.Redis, provider_name: str, server: OAuthServer
 ) -> None:
-    clock = [T0]
-    settings = provider(provider_name, server)
-    adapter = HttpAdapter(settings, requests.Session(), worker_token(shared_redis, settings, clock))
-    payload = adapter.parse_payload("request", {"method": "GET", "path": "/api/me"})
+    adapter, payload = api_adapter(shared_redis, provider_name, server)
     assert adapter.call("request", payload, idempotency_key="k1", request_id="r").model.status_code == 200  # type: ignore[attr-defined]
     server.valid = set()  # the provider revokes the token
     assert adapter.call("request", payload, idempotency_key="k2", request_id="r").model.status_code == 200  # type: ignore[attr-defined]
@@ -93,10 +98,7 @@ def test_a_401_renews_the_token_once_and_retries_once(
 def test_a_401_after_renewal_is_a_rejection_not_a_loop(
     shared_redis: redis.Redis, provider_name: str, server: OAuthServer
 ) -> None:
-    clock = [T0]
-    settings = provider(provider_name, server)
-    adapter = HttpAdapter(settings, requests.Session(), worker_token(shared_redis, settings, clock))
-    payload = adapter.parse_payload("request", {"method": "GET", "path": "/api/me"})
+    adapter, payload = api_adapter(shared_redis, provider_name, server)
     server.refuse_all = True
     with pytest.raises(ProviderRejected) as caught:
         adapter.call("request", payload, idempotency_key="k", request_id="r")
