@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import Settings
+from integrations import batch
 from integrations.errors import ConfigError, IntegrationsError
 from integrations.ledger import schema
 from integrations.ledger.store import Ledger, OperationRecord
@@ -92,9 +93,28 @@ def ops_show(idempotency_key: str, provider: str, as_json: bool) -> None:
         return
     table = Table(show_header=False, box=None)
     for name, value in record.to_json().items():
+        if name == "items":
+            continue
         if name in {"payload", "response", "error"} and value is not None:
             value = json.dumps(value, indent=1, sort_keys=True, default=str)
         table.add_row(f"[bold]{name}[/]", "" if value is None else str(value))
+    console.print(table)
+    if record.items is not None:
+        _print_items(batch.load(record.items))
+
+
+def _print_items(states: list[batch.ItemState]) -> None:
+    """A batch's items, one line each: key, status, attempts, and the error or the provider's answer."""
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(batch.counts(states).items()))
+    table = Table(title=f"items: {summary}", title_justify="left")
+    for column in ("key", "status", "attempts", "error / response"):
+        table.add_column(column, overflow="fold")
+    for state in states:
+        if state.error is not None:
+            detail = f"{state.error.type.value}: {state.error.message}"
+        else:
+            detail = "" if state.response is None else json.dumps(state.response, sort_keys=True, default=str)
+        table.add_row(state.key, state.status.value, str(state.attempts), detail[:300])
     console.print(table)
 
 
@@ -111,7 +131,7 @@ def ops_prune() -> None:
 
 @main.group()
 def dlq() -> None:
-    """Dead letters: operations that ended failed or dead."""
+    """Dead letters: operations that ended failed or dead, and batches that ended partial."""
 
 
 def _dead_letter(record: OperationRecord) -> dict[str, Any]:
@@ -124,7 +144,7 @@ def _dead_letter(record: OperationRecord) -> dict[str, Any]:
         "attempts": record.attempts,
         "error": record.error,
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-    }
+    } | ({"items": batch.counts(batch.load(record.items))} if record.items is not None else {})
 
 
 @dlq.command("list")
@@ -146,6 +166,19 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
             f"key={record.idempotency_key or '-'}  attempts={record.attempts}  {finished}",
             highlight=False,
         )
+        if record.items is not None:
+            states = batch.load(record.items)
+            summary = ", ".join(f"{n} {status}" for status, n in sorted(batch.counts(states).items()))
+            console.print(f"    items: {summary}", highlight=False)
+            failed = [s for s in states if s.error is not None and s.status is batch.ItemStatus.FAILED]
+            for state in failed[:3]:
+                assert state.error is not None
+                console.print(
+                    f"    {state.key}: {state.error.type.value}: {state.error.message}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            continue
         console.print(
             f"    {error.get('type', '?')}: {error.get('message', '')}", highlight=False, soft_wrap=True
         )
@@ -155,7 +188,8 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
 @dlq.command("replay")
 @click.argument("operation_id")
 def dlq_replay(operation_id: str) -> None:
-    """Enqueue a failed or dead operation again, same key, fresh attempt budget."""
+    """Enqueue a failed, dead or partial operation again, same key, fresh attempt budget (a batch sends
+    again only its items that did not succeed)."""
     from tasks.enqueue import enqueue  # sending a message needs Celery, which the core never imports
 
     ledger = _ledger()

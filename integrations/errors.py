@@ -37,6 +37,9 @@ class ErrorType(StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     RATE_LIMITED = "rate_limited"
+    # The provider's object is busy with another request (a lock timeout, a conflict): retried, and no
+    # sign that the provider is down, so the breaker does not count it.
+    RESOURCE_LOCKED = "resource_locked"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     INTERNAL_ERROR = "internal_error"
 

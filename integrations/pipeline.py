@@ -13,11 +13,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from integrations.adapters.base import Adapter, Reply, redact_credentials
+from integrations import batch
+from integrations.adapters.base import Adapter, BatchPayload, redact_credentials
+from integrations.batch import BatchItem, ItemResult, ItemState
 from integrations.errors import (
     ErrorInfo,
     ErrorType,
@@ -38,6 +40,14 @@ MAX_KEY_LENGTH = 255
 # A guard's wait up to this long is slept through in the worker instead of re-queueing the message.
 INLINE_WAIT = 0.05
 MAX_INTERNAL_ERROR_REDELIVERIES = 5
+
+
+class _Answer(Protocol):
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+R = TypeVar("R", bound=_Answer)
 
 
 def _printable(value: str | None) -> str | None:
@@ -196,15 +206,18 @@ class OperationRunner:
         try:
             message = self._parse(delivery)
             payload = self.adapter.parse_payload(delivery.operation, message.payload)
+            items = self._batch_items(delivery, payload, message.idempotency_key)
         except InvalidRequest as exc:
             return self._invalid(delivery, exc)
         request_fingerprint = idempotency.fingerprint(delivery.operation, message.payload)
+        # A batch's attempts are counted per item; the operation's count is of calls.
+        max_attempts = None if items is not None else self.provider.retry.max_attempts
 
         claimed: OperationRecord | None = None
         for _ in range(3):  # a claim lost to another worker re-reads the row and decides again
             record = self.ledger.find(self.provider.name, message.idempotency_key)
             decision = idempotency.decide(
-                record, request_fingerprint, self.clock(), max_attempts=self.provider.retry.max_attempts
+                record, request_fingerprint, self.clock(), max_attempts=max_attempts
             )
             if isinstance(decision, idempotency.Replay):
                 return self._replay(decision.record)
@@ -217,6 +230,22 @@ class OperationRunner:
                 if ended is None:
                     continue
                 return ended
+            states: list[ItemState] | None = None
+            chunk: list[int] = []
+            if items is not None:
+                if record is None or record.items is None or getattr(decision, "takeover", False):
+                    states = batch.initial_states(items)
+                else:
+                    states = batch.load(record.items)
+                states = batch.reopen(
+                    states, max_attempts=self.provider.retry.max_attempts, where=self.where(delivery)
+                )
+                chunk = batch.next_chunk(states, self.adapter.batch_spec(delivery.operation).max_items)
+                if not chunk and record is not None:
+                    settled = self._settle(record, states)
+                    if settled is None:
+                        continue
+                    return settled
             attempt = Attempt(
                 self.provider,
                 delivery.operation,
@@ -228,9 +257,13 @@ class OperationRunner:
             deferral = self._admit(attempt)
             if deferral is not None:
                 taking_over = isinstance(decision, idempotency.Claim) and decision.takeover
-                return self._deferred(delivery, message, request_fingerprint, record, deferral, taking_over)
+                initial = batch.dump(batch.initial_states(items)) if items is not None else None
+                return self._deferred(
+                    delivery, message, request_fingerprint, record, deferral, taking_over, initial
+                )
             request_id = message.request_id or (record.request_id if record else None) or str(uuid.uuid4())
             lease = timedelta(seconds=self.provider.lease_seconds)
+            started_items = batch.dump(batch.start_chunk(states, chunk)) if states is not None else None
             if isinstance(decision, idempotency.Start):
                 claimed = self.ledger.start(
                     provider=self.provider.name,
@@ -240,18 +273,35 @@ class OperationRunner:
                     payload=message.payload,
                     request_id=request_id,
                     lease=lease,
+                    items=started_items,
                 )
             else:
                 takeover = (
                     (delivery.operation, request_fingerprint, message.payload) if decision.takeover else None
                 )
                 claimed = self.ledger.claim(
-                    decision.record, lease=lease, request_id=request_id, takeover=takeover
+                    decision.record,
+                    lease=lease,
+                    request_id=request_id,
+                    takeover=takeover,
+                    items=started_items,
                 )
             if claimed is not None:
+                if items is not None:
+                    return self._attempt_batch(attempt, claimed, [items[i] for i in chunk])
                 return self._attempt(attempt, claimed)
             self._release(attempt, self.guards)  # another worker claimed it first: give back what we took
         return Defer(poll_delay(delivery.redeliveries), "contended")
+
+    def _batch_items(self, delivery: Delivery, payload: Any, idempotency_key: str) -> list[BatchItem] | None:
+        """A batch message's items (``None`` for a single operation); one with no valid item is invalid."""
+        if not isinstance(payload, BatchPayload):
+            return None
+        items = self.adapter.parse_batch(delivery.operation, payload, idempotency_key)
+        if all(item.problem is not None for item in items):
+            problems = "; ".join(item.problem.split(": ", 1)[1] for item in items[:5] if item.problem)
+            raise InvalidRequest(f"{self.where(delivery)}: no item is valid: {problems}")
+        return items
 
     def _admit(self, attempt: Attempt) -> Defer | None:
         """Ask each guard in turn; a wait of a few ms is waited here, cheaper than a round through the
@@ -298,18 +348,13 @@ class OperationRunner:
             )
         return message
 
-    def _attempt(self, attempt: Attempt, claimed: OperationRecord) -> Outcome:
-        assert claimed.idempotency_key is not None and claimed.request_id is not None
+    def _call(self, attempt: Attempt, call: Callable[[], R]) -> tuple[R | None, OperationError | None]:
+        """Make the provider call and show the guards how it went; any failure becomes an error."""
         started = time.monotonic()
         error: OperationError | None = None
-        reply: Reply | None = None
+        reply: R | None = None
         try:
-            reply = self.adapter.call(
-                attempt.operation,
-                attempt.payload,
-                idempotency_key=claimed.idempotency_key,
-                request_id=claimed.request_id,
-            )
+            reply = call()
         except OperationError as exc:
             error = exc
         except self.interrupts as exc:
@@ -321,10 +366,21 @@ class OperationRunner:
         except Exception as exc:  # an adapter bug must end as a dead letter, not vanish with the message
             log.exception("%s.%s: adapter raised unexpectedly", self.provider.name, attempt.operation)
             error = OperationError(f"{self.provider.name}.{attempt.operation}: adapter error: {exc!r}")
-        headers = reply.headers if reply is not None else error.headers if error is not None else {}
-        observation = Observation(error, time.monotonic() - started, headers)
+        answer = reply.headers if reply is not None else error.headers if error is not None else {}
+        observation = Observation(error, time.monotonic() - started, answer)
         for guard in reversed(self.guards):
             guard.observe(attempt, observation)
+        return reply, error
+
+    def _attempt(self, attempt: Attempt, claimed: OperationRecord) -> Outcome:
+        assert claimed.idempotency_key is not None and claimed.request_id is not None
+        key, request_id = claimed.idempotency_key, claimed.request_id
+        reply, error = self._call(
+            attempt,
+            lambda: self.adapter.call(
+                attempt.operation, attempt.payload, idempotency_key=key, request_id=request_id
+            ),
+        )
         if error is None:
             assert reply is not None
             finished = self.ledger.finish(
@@ -344,10 +400,97 @@ class OperationRunner:
             return Done(result(finished, replayed=False))
         return self._failed_attempt(claimed, error)
 
+    def _attempt_batch(self, attempt: Attempt, claimed: OperationRecord, chunk: list[BatchItem]) -> Outcome:
+        """One call with one chunk of a batch's items; the ledger takes each item's outcome."""
+        assert claimed.idempotency_key is not None and claimed.request_id is not None
+        where = f"{claimed.provider}.{claimed.operation}"
+        call_key = batch.chunk_idempotency_key(claimed.idempotency_key, [item.key for item in chunk])
+        request_id = claimed.request_id
+        reply, error = self._call(
+            attempt,
+            lambda: self.adapter.call_batch(
+                attempt.operation, chunk, idempotency_key=call_key, request_id=request_id
+            ),
+        )
+        results = (
+            reply.results if reply is not None else {item.key: ItemResult(item.key, error) for item in chunk}
+        )
+        if error is not None and error.error_type is ErrorType.CONTRACT_VIOLATION:
+            _log_contract_violation(where, claimed, error)
+        states = batch.record_results(
+            batch.load(claimed.items), results, max_attempts=self.provider.retry.max_attempts, where=where
+        )
+        status = batch.final_status(states)
+        if status is not None:
+            return self._settle(claimed, states, status) or self._taken_over(claimed)
+        call_error = error.info() if error is not None else None
+        chunk_attempts = states[chunk[0].position].attempts
+        if batch.sent_this_round(states, chunk_attempts):  # the round goes on with the next chunk
+            if (
+                self.ledger.finish(
+                    claimed, OperationStatus.QUEUED, error=call_error, items=_without_nul(batch.dump(states))
+                )
+                is None
+            ):
+                return self._taken_over(claimed)
+            return Defer(0.0, "next_chunk")
+        # Every item of the round was sent: those that failed and may be retried wait for the backoff.
+        retry_after = max(
+            (getattr(r.error, "retry_after", None) or 0.0 for r in results.values()), default=0.0
+        )
+        delay = next_delay(self.backoff, chunk_attempts, retry_after or None)
+        due = self.clock() + timedelta(seconds=delay)
+        finished = self.ledger.finish(
+            claimed,
+            OperationStatus.QUEUED,
+            error=call_error,
+            next_attempt_at=due,
+            items=_without_nul(batch.dump(states)),
+        )
+        if finished is None:
+            return self._taken_over(claimed)
+        queued = batch.counts(states).get(batch.ItemStatus.QUEUED.value, 0)
+        log.warning(
+            "retrying %d item(s) of %s key=%s in %.2fs (attempt %d/%d)",
+            queued,
+            where,
+            claimed.idempotency_key,
+            delay,
+            chunk_attempts,
+            self.provider.retry.max_attempts,
+        )
+        last = call_error or next(
+            (r.error.info() for r in results.values() if r.error is not None and r.error.retryable), None
+        )
+        return Retry(
+            min(delay, MAX_COUNTDOWN), last or ErrorInfo(type=ErrorType.INTERNAL_ERROR, message=where)
+        )
+
+    def _settle(
+        self, record: OperationRecord, states: list[ItemState], status: OperationStatus | None = None
+    ) -> Outcome | None:
+        """End a batch whose items all have an outcome; ``None`` if the row changed meanwhile."""
+        status = status or batch.final_status(states) or OperationStatus.FAILED
+        finished = self.ledger.finish(record, status, items=_without_nul(batch.dump(states)))
+        if finished is None:
+            return self._taken_over(record) if record.status is OperationStatus.RUNNING else None
+        log.info(
+            "%s %s.%s key=%s calls=%d items=%s",
+            status.value,
+            finished.provider,
+            finished.operation,
+            finished.idempotency_key,
+            finished.attempts,
+            batch.counts(states),
+        )
+        return Done(result(finished, replayed=False))
+
     def _failed_attempt(self, claimed: OperationRecord, error: OperationError) -> Outcome:
         where = f"{claimed.provider}.{claimed.operation}"
         info = error.info()
         info.body = _without_nul(info.body)
+        if error.error_type is ErrorType.CONTRACT_VIOLATION:
+            _log_contract_violation(where, claimed, error)
         retry_after = getattr(error, "retry_after", None)
         if error.retryable and claimed.attempts < self.provider.retry.max_attempts:
             delay = next_delay(self.backoff, claimed.attempts, retry_after)
@@ -412,6 +555,7 @@ class OperationRunner:
         record: OperationRecord | None,
         deferral: Defer,
         takeover: bool,
+        items: list[dict[str, Any]] | None,
     ) -> Outcome:
         """A guard said wait: the ledger says so too (``ops show``), and no attempt is used."""
         delay = min(deferral.delay, MAX_RETRY_AFTER)
@@ -426,6 +570,7 @@ class OperationRunner:
             reason=deferral.reason,
             until=self.clock() + timedelta(seconds=delay),
             takeover=takeover,
+            items=items,
         )
         return Defer(min(delay, MAX_COUNTDOWN), deferral.reason)
 
@@ -440,7 +585,7 @@ class OperationRunner:
         return Defer(poll_delay(0), "taken_over")
 
     def _replay(self, record: OperationRecord) -> Outcome:
-        if record.status is OperationStatus.SUCCEEDED:
+        if record.status is OperationStatus.SUCCEEDED or record.items is not None:
             return Done(result(record, replayed=True))
         error = ErrorInfo.model_validate(record.error)
         return Failed(record.status, error, record.id, replayed=True)
@@ -507,14 +652,29 @@ def _without_nul(value: Any) -> Any:
 
 
 def result(record: OperationRecord, *, replayed: bool) -> dict[str, Any]:
-    """The task result of a succeeded operation, as ``AsyncResult.get()`` returns it."""
-    return {
-        "status": "succeeded",
+    """The task result of a succeeded operation, or of an ended batch, as ``AsyncResult.get()`` returns
+    it. A batch has ``items`` (``{key, status, attempts, error?, response?}`` each) for ``response``, and
+    ``status`` ``succeeded``, ``partial`` or ``failed``; ``attempts`` counts its calls."""
+    common = {
+        "status": record.status.value,
         "provider": record.provider,
         "operation": record.operation,
         "idempotency_key": record.idempotency_key,
         "operation_id": record.id,
         "attempts": record.attempts,
         "replayed": replayed,
-        "response": record.response,
     }
+    if record.items is not None:
+        return common | {"items": batch.dump(batch.load(record.items))}
+    return common | {"response": record.response}
+
+
+def _log_contract_violation(where: str, record: OperationRecord, error: OperationError) -> None:
+    log.error(
+        "%s key=%s operation_id=%s: the provider's answer does not match the adapter's model: the "
+        "provider's API has changed (update the adapter); not retried, the answer is in the ledger: %s",
+        where,
+        record.idempotency_key,
+        record.id,
+        error.message,
+    )

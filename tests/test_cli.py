@@ -122,7 +122,7 @@ def test_dlq_replay_refuses_what_cannot_be_replayed(
     ok = started(ledger, "ok-2")
     ledger.finish(ok, OperationStatus.SUCCEEDED, response={})
     result = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "replay", ok.id)
-    assert result.exit_code == 1 and "only failed or dead ones replay" in result.output
+    assert result.exit_code == 1 and "only failed, dead or partial ones replay" in result.output
     missing = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "replay", "no-such-id")
     assert missing.exit_code == 1 and "no operation 'no-such-id'" in missing.output
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import requests
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from integrations.auth import Credentials
+from integrations.batch import MAX_BATCH_ITEMS, MAX_ITEM_KEY_LENGTH, BatchItem, ItemResult
 from integrations.errors import (
     ContractViolation,
     ErrorType,
@@ -73,6 +74,34 @@ class OperationSpec:
     build: Callable[[Any, Any], HttpCall]
 
 
+@dataclass(frozen=True)
+class BatchSpec:
+    """What ``@batch_operation`` records: the item model, how many items one call may carry, and which
+    item field holds the caller's key for the item (when none is set, a key is derived)."""
+
+    name: str
+    item: type[BaseModel]
+    max_items: int
+    key: str | None
+    build: Callable[[Any, Sequence[BatchItem]], HttpCall]
+
+
+@dataclass(frozen=True)
+class BatchReply:
+    """A batch call's answer read item by item, and the answer's headers."""
+
+    results: Mapping[str, ItemResult]
+    headers: Mapping[str, str]
+
+
+class BatchPayload(BaseModel):
+    """The payload of every batch operation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
 AdapterMethod = TypeVar("AdapterMethod", bound=Callable[..., HttpCall])
 
 
@@ -89,11 +118,25 @@ def operation(
     return mark
 
 
+def batch_operation(
+    *, item: type[BaseModel], max_items: int, key: str | None = None, name: str | None = None
+) -> Callable[[AdapterMethod], AdapterMethod]:
+    """Declare an adapter method as a batch operation: ``build(self, items) -> HttpCall`` for one chunk of
+    at most ``max_items`` items; the adapter's ``item_results`` reads the answer item by item."""
+
+    def mark(method: AdapterMethod) -> AdapterMethod:
+        spec = BatchSpec(name=name or method.__name__, item=item, max_items=max_items, key=key, build=method)
+        method.__integrations_operation__ = spec  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
 class Adapter:
     """Base class of provider adapters; subclasses set ``name`` and declare operations."""
 
     name: ClassVar[str]
-    operations: ClassVar[Mapping[str, OperationSpec]] = {}
+    operations: ClassVar[Mapping[str, OperationSpec | BatchSpec]] = {}
     idempotency_header: ClassVar[str] = "Idempotency-Key"
     request_id_header: ClassVar[str] = "X-Request-ID"
 
@@ -102,7 +145,7 @@ class Adapter:
         specs = dict(cls.operations)
         for attribute in vars(cls).values():
             spec = getattr(attribute, "__integrations_operation__", None)
-            if isinstance(spec, OperationSpec):
+            if isinstance(spec, OperationSpec | BatchSpec):
                 specs[spec.name] = spec
         cls.operations = specs
 
@@ -122,18 +165,43 @@ class Adapter:
     def where(self, operation: str) -> str:
         return f"{self.provider.name}.{operation}"
 
+    def is_batch(self, operation: str) -> bool:
+        return isinstance(self.spec(operation), BatchSpec)
+
     def parse_payload(self, operation: str, payload: Any) -> BaseModel:
         """Validate a message's payload; a bad one is an ``InvalidRequest`` naming each field."""
         spec = self.spec(operation)
+        model = BatchPayload if isinstance(spec, BatchSpec) else spec.payload
         try:
-            return spec.payload.model_validate(payload)
+            return model.model_validate(payload)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"payload.{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-            )
-            raise InvalidRequest(f"{self.where(operation)}: {problems}") from None
+            raise InvalidRequest(f"{self.where(operation)}: {_problems(exc, 'payload')}") from None
 
-    def spec(self, operation: str) -> OperationSpec:
+    def parse_batch(self, operation: str, payload: BatchPayload, idempotency_key: str) -> list[BatchItem]:
+        """The items of a batch message, each with its key: the caller's (the spec's ``key`` field) or
+        ``<idempotency key>#<position>``. An invalid item is kept with its problem (it fails alone); keys
+        used twice make the whole message invalid."""
+        spec = self.batch_spec(operation)
+        items: list[BatchItem] = []
+        seen: dict[str, int] = {}
+        for position, raw in enumerate(payload.items):
+            key = raw.get(spec.key) if spec.key else None
+            if not (isinstance(key, str) and 0 < len(key) <= MAX_ITEM_KEY_LENGTH and key.isprintable()):
+                key = f"{idempotency_key}#{position}"
+            if key in seen:
+                raise InvalidRequest(
+                    f"{self.where(operation)}: payload.items.{seen[key]} and payload.items.{position} have "
+                    f"the same key {key!r}; each item's {spec.key!r} must be unique within the operation"
+                )
+            seen[key] = position
+            try:
+                items.append(BatchItem(key, position, spec.item.model_validate(raw)))
+            except ValidationError as exc:
+                problem = f"{self.where(operation)}: {_problems(exc, f'payload.items.{position}')}"
+                items.append(BatchItem(key, position, None, problem))
+        return items
+
+    def spec(self, operation: str) -> OperationSpec | BatchSpec:
         try:
             return self.operations[operation]
         except KeyError:
@@ -142,12 +210,67 @@ class Adapter:
                 f"{self.provider.name}: adapter {self.name!r} has no operation {operation!r} (it has: {known})"
             ) from None
 
+    def batch_spec(self, operation: str) -> BatchSpec:
+        spec = self.spec(operation)
+        if not isinstance(spec, BatchSpec):
+            raise TypeError(f"{self.where(operation)} is not a batch operation")
+        return spec
+
     def call(self, operation: str, payload: BaseModel, *, idempotency_key: str, request_id: str) -> Reply:
         """Make one attempt; return the parsed response or raise an ``OperationError`` (whose
         ``headers`` are the answer's, when there was one). A 401 with credentials that can be renewed
         (OAuth2) renews them once and sends once more, within the same attempt."""
         spec = self.spec(operation)
-        call = spec.build(self, payload)
+        if isinstance(spec, BatchSpec):
+            raise TypeError(f"{self.where(operation)} is a batch operation: use call_batch")
+        response = self._exchange(operation, spec.build(self, payload), idempotency_key, request_id)
+        try:
+            error = self.classify(operation, response)
+            if error is not None:
+                raise error
+            return Reply(self.parse_response(spec, response), dict(response.headers))
+        except OperationError as exc:
+            exc.headers = dict(response.headers)
+            raise
+
+    def call_batch(
+        self, operation: str, items: Sequence[BatchItem], *, idempotency_key: str, request_id: str
+    ) -> BatchReply:
+        """Send one chunk of a batch operation and read the answer item by item. An error raised here
+        (the provider refused or failed the whole call) is every item's."""
+        spec = self.batch_spec(operation)
+        response = self._exchange(operation, spec.build(self, items), idempotency_key, request_id)
+        try:
+            error = self.classify(operation, response)
+            if error is not None:
+                raise error
+            results = {result.key: result for result in self.item_results(operation, items, response)}
+            expected = {item.key for item in items}
+            if set(results) != expected:
+                missing = sorted(expected - set(results))[:5]
+                raise ContractViolation(
+                    f"{self.where(operation)}: the provider's answer does not account for every item sent "
+                    f"(has its API changed?); without an outcome: {missing}",
+                    status_code=response.status_code,
+                    body=response_body(response),
+                )
+            return BatchReply(results, dict(response.headers))
+        except OperationError as exc:
+            exc.headers = dict(response.headers)
+            raise
+
+    def item_results(
+        self, operation: str, items: Sequence[BatchItem], response: requests.Response
+    ) -> list[ItemResult]:
+        """Read a batch call's successful answer item by item; batch adapters implement this (a
+        malformed answer raises ``ContractViolation``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not read batch answers")
+
+    def _exchange(
+        self, operation: str, call: HttpCall, idempotency_key: str, request_id: str
+    ) -> requests.Response:
+        """Send ``call`` with the credentials and the idempotency headers; on a 401 with credentials that
+        can be renewed, renew them and send once more."""
         credentials = self.credentials.headers()
         headers = {
             **call.headers,
@@ -158,15 +281,7 @@ class Adapter:
         response = self._send(operation, call, headers)
         if response.status_code == 401 and self.credentials.refresh(credentials):
             response = self._send(operation, call, headers | self.credentials.headers())
-        answer_headers = dict(response.headers)
-        try:
-            error = self.classify(operation, response)
-            if error is not None:
-                raise error
-            return Reply(self.parse_response(spec, response), answer_headers)
-        except OperationError as exc:
-            exc.headers = answer_headers
-            raise
+        return response
 
     def _send(self, operation: str, call: HttpCall, headers: Mapping[str, str]) -> requests.Response:
         """Send ``call``; foreign exceptions become ours here."""
@@ -212,13 +327,32 @@ class Adapter:
         """Parse a success into the operation's response model; a mismatch is a contract violation."""
         try:
             return spec.response.model_validate(response.json())
-        except (ValueError, ValidationError) as exc:
-            raise ContractViolation(
-                f"{self.provider.name}.{spec.name}: the provider's answer does not match "
-                f"{spec.response.__name__} (has its API changed?): {exc}",
-                status_code=response.status_code,
-                body=response_body(response),
-            ) from None
+        except ValueError as exc:  # not JSON, or a pydantic ValidationError
+            raise answer_mismatch(self.where(spec.name), spec.response, exc, response) from None
+
+
+def answer_mismatch(
+    where: str, model: type[BaseModel], exc: ValueError, response: requests.Response, body: Any = None
+) -> ContractViolation:
+    """The ``ContractViolation`` of an answer that does not fit ``model``: it names the fields, never
+    their values (an answer may hold what must not be logged), and keeps the body for the ledger."""
+    if isinstance(exc, ValidationError):
+        detail = _problems(exc, "answer")
+    else:
+        detail = f"the body is not JSON (HTTP {response.status_code})"
+    return ContractViolation(
+        f"{where}: the provider's answer does not match {model.__name__} (has its API changed?): {detail}",
+        status_code=response.status_code,
+        body=response_body(response) if body is None else body,
+    )
+
+
+def _problems(exc: ValidationError, prefix: str) -> str:
+    """A pydantic error as ``<prefix>.<field>: <message>; ...``."""
+    return "; ".join(
+        f"{'.'.join([prefix, *(str(p) for p in e['loc'])])}: {e['msg']}"
+        for e in exc.errors(include_input=False)
+    )
 
 
 def classify_http_response(where: str, response: requests.Response) -> OperationError | None:

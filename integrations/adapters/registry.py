@@ -12,7 +12,12 @@ from integrations.errors import ConfigError
 from integrations.providers import ProviderSettings
 
 ENTRY_POINT_GROUP = "integrations.adapters"
-BUILTIN = {"http": "integrations.adapters.http:HttpAdapter"}
+BUILTIN = {
+    "http": "integrations.adapters.http:HttpAdapter",
+    "stripe": "integrations.adapters.stripe:StripeAdapter",
+    "sendgrid": "integrations.adapters.sendgrid:SendGridAdapter",
+    "hubspot": "integrations.adapters.hubspot:HubSpotAdapter",
+}
 
 
 @cache

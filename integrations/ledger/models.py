@@ -17,12 +17,20 @@ class OperationStatus(StrEnum):
     QUEUED = "queued"  # received, waiting for its (next) attempt
     RUNNING = "running"  # an attempt is in flight, under a lease
     SUCCEEDED = "succeeded"
-    FAILED = "failed"  # ended at once: invalid request, rejection, contract violation
+    FAILED = (
+        "failed"  # ended at once: invalid request, rejection, contract violation; a batch: no item succeeded
+    )
     DEAD = "dead"  # retries exhausted: a dead letter
+    PARTIAL = "partial"  # a batch whose items partly succeeded and partly failed for good
 
     @property
     def terminal(self) -> bool:
-        return self in (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.DEAD)
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.DEAD, OperationStatus.PARTIAL}
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -92,3 +100,5 @@ class Operation(Base):
     # Why a queued operation waits, when a guard deferred it: breaker_open, throttled, paused, ...
     waiting: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A batch operation's items, in order: [{key, status, attempts, error, response}] (see integrations.batch).
+    items: Mapped[Any] = mapped_column(JSONDocument, nullable=True)

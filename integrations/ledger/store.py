@@ -25,7 +25,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    or_,
     select,
     update,
 )
@@ -39,6 +38,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from integrations import batch
 from integrations.errors import ErrorInfo, LedgerUnavailable
 from integrations.ledger.models import Operation, OperationStatus
 
@@ -74,6 +74,7 @@ class OperationRecord:
     next_attempt_at: datetime | None
     lease_expires_at: datetime | None
     waiting: str | None
+    items: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as operators see it (``integrations ops show --json``)."""
@@ -160,8 +161,8 @@ class Ledger:
         return _record(row) if row else None
 
     def dead_letters(self, provider: str | None = None, limit: int = 1000) -> list[OperationRecord]:
-        """Failed and dead operations, newest first."""
-        query = select(_table).where(_table.c.status.in_([OperationStatus.FAILED, OperationStatus.DEAD]))
+        """Failed, dead and partial operations, newest first."""
+        query = select(_table).where(_table.c.status.in_(_ENDED_BADLY))
         if provider is not None:
             query = query.where(_table.c.provider == provider)
         query = query.order_by(_table.c.finished_at.desc(), _table.c.id).limit(limit)
@@ -192,14 +193,17 @@ class Ledger:
         payload: Any,
         request_id: str,
         lease: timedelta,
+        items: list[dict[str, Any]] | None = None,
     ) -> OperationRecord | None:
-        """Insert a new operation as running its first attempt; ``None`` if the key is already taken."""
+        """Insert a new operation as running its first attempt; ``None`` if the key is already taken.
+        ``items``: a batch's item states, as this attempt starts them."""
         now = self.clock()
         values = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
             "status": OperationStatus.RUNNING.value,
             "attempts": 1,
             "started_at": now,
             "lease_expires_at": now + lease,
+            "items": items,
         }
         try:
             with self._begin() as connection:
@@ -242,11 +246,13 @@ class Ledger:
         lease: timedelta,
         request_id: str,
         takeover: tuple[str, str, Any] | None = None,
+        items: list[dict[str, Any]] | None = None,
     ) -> OperationRecord | None:
         """Start the next attempt of ``record`` if nobody changed it since it was read; else ``None``.
 
         ``takeover`` is (operation, fingerprint, payload) when a valid request takes over the key of a
-        request that was recorded as invalid: its attempt count starts again.
+        request that was recorded as invalid: its attempt count starts again. ``items``: a batch's item
+        states, as this attempt starts them.
         """
         now = self.clock()
         values: dict[str, Any] = {
@@ -260,6 +266,8 @@ class Ledger:
             "next_attempt_at": None,
             "waiting": None,
         }
+        if items is not None:
+            values["items"] = items
         if takeover is not None:
             operation, fingerprint, payload = takeover
             values |= {
@@ -280,6 +288,7 @@ class Ledger:
         response: Any = None,
         error: ErrorInfo | None = None,
         next_attempt_at: datetime | None = None,
+        items: list[dict[str, Any]] | None = None,
     ) -> OperationRecord | None:
         """End the attempt that ``record`` (as claimed) stands for; ``None`` if it was taken over."""
         now = self.clock()
@@ -294,6 +303,8 @@ class Ledger:
             "error": error.model_dump(mode="json") if error else None,
             "finished_at": now if status.terminal else None,
         }
+        if items is not None:
+            values["items"] = items
         return self._compare_and_set(record, values)
 
     def record_wait(
@@ -309,6 +320,7 @@ class Ledger:
         reason: str,
         until: datetime,
         takeover: bool = False,
+        items: list[dict[str, Any]] | None = None,
     ) -> None:
         """Note that the operation waits (a guard deferred it) and until when; no attempt is used.
         ``takeover``: the message is a valid one taking over the key of an invalid one, whose row
@@ -320,6 +332,7 @@ class Ledger:
             row = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
                 "waiting": reason,
                 "next_attempt_at": until,
+                "items": items,
             }
             try:
                 with self._begin() as connection:
@@ -344,17 +357,19 @@ class Ledger:
                 "attempts": 0,
                 "error": None,
                 "finished_at": None,
+                "items": items,
             }
         self._compare_and_set(record, values)
 
     def reset_for_replay(self, operation_id: str) -> OperationRecord:
-        """Make a failed or dead operation queued again with a fresh attempt budget."""
+        """Make a failed, dead or partial operation queued again with a fresh attempt budget. A batch
+        sends again only its items that did not succeed (invalid items stay failed: they would be again)."""
         record = self.get(operation_id)
         if record is None:
             raise LookupError(f"no operation {operation_id!r} in the ledger at {self.where}")
-        if record.status not in (OperationStatus.FAILED, OperationStatus.DEAD):
+        if record.status not in _ENDED_BADLY:
             raise ValueError(
-                f"operation {operation_id} is {record.status.value}; only failed or dead ones replay"
+                f"operation {operation_id} is {record.status.value}; only failed, dead or partial ones replay"
             )
         if record.error and record.error.get("type") == "invalid_request":
             raise ValueError(
@@ -372,6 +387,14 @@ class Ledger:
             "next_attempt_at": None,
             "error": None,
         }
+        if record.items is not None:
+            items = batch.for_replay(batch.load(record.items))
+            if not batch.next_chunk(items, len(items)):
+                raise ValueError(
+                    f"operation {operation_id}: every item that did not succeed was invalid; the same items "
+                    "would fail again: fix them and send them in a new operation"
+                )
+            values["items"] = batch.dump(items)
         updated = self._compare_and_set(record, values)
         if updated is None:
             raise ValueError(f"operation {operation_id} changed while it was being replayed; try again")
@@ -392,8 +415,7 @@ class Ledger:
             _table.c.status == OperationStatus.SUCCEEDED, _table.c.finished_at < now - retention
         )
         ended_badly = delete(_table).where(
-            or_(_table.c.status == OperationStatus.FAILED, _table.c.status == OperationStatus.DEAD),
-            _table.c.finished_at < now - dead_letter_retention,
+            _table.c.status.in_(_ENDED_BADLY), _table.c.finished_at < now - dead_letter_retention
         )
         with self._begin() as connection:
             return sum(connection.execute(statement).rowcount for statement in (succeeded, ended_badly))
@@ -412,6 +434,8 @@ class Ledger:
 
 # Statements built once, values bound at execution: building one per call costs more than running it.
 _INSERT = insert(_table)
+# Dead letters: what `dlq list` shows, `dlq replay` accepts, and the longer retention keeps.
+_ENDED_BADLY = (OperationStatus.FAILED, OperationStatus.DEAD, OperationStatus.PARTIAL)
 
 
 @cache
@@ -454,6 +478,7 @@ def _new_row(
         "next_attempt_at": None,
         "lease_expires_at": None,
         "waiting": None,
+        "items": None,
     }
 
 

@@ -83,10 +83,14 @@ class RedisGuard:
         raise NotImplementedError
 
 
+_NOT_THE_PROVIDERS_HEALTH = frozenset({ErrorType.RATE_LIMITED, ErrorType.RESOURCE_LOCKED})
+
+
 def counts_as_failure(error: OperationError | None, seconds: float, slow_call: float | None) -> bool:
     """What the breaker counts against a provider: transient failures and slow calls. Rejections,
-    invalid requests and conflicts show a provider that answers; a 429 is the throttle's business."""
-    if error is not None and (not error.retryable or error.error_type is ErrorType.RATE_LIMITED):
+    invalid requests and conflicts show a provider that answers; a 429 is the throttle's business, and a
+    locked object says nothing about the provider's health."""
+    if error is not None and (not error.retryable or error.error_type in _NOT_THE_PROVIDERS_HEALTH):
         return False
     return error is not None or (slow_call is not None and seconds > slow_call)
 

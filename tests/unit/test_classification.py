@@ -387,7 +387,7 @@ def test_parse_payload_accepts_any_case_method(adapter: HttpAdapter, method: str
             "payload.headers",
             "is set by the worker",
         ),
-        ("POST /v1/orders", "payload.(root)", "valid dictionary"),
+        ("POST /v1/orders", "payload", "valid dictionary"),
     ],
 )
 def test_parse_payload_rejects(adapter: HttpAdapter, payload: Any, field: str, detail: str) -> None:

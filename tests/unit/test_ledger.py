@@ -376,7 +376,7 @@ def test_reset_for_replay_refuses_an_operation_that_did_not_fail(
 ) -> None:
     record = ended(ledger, "charge-1", status)
 
-    with pytest.raises(ValueError, match=f"is {status.value}; only failed or dead ones replay"):
+    with pytest.raises(ValueError, match=f"is {status.value}; only failed, dead or partial ones replay"):
         ledger.reset_for_replay(record.id)
 
     assert ledger.get(record.id) == record
