@@ -1,0 +1,429 @@
+"""The ``stripe`` adapter: PaymentIntents and Refunds through Stripe's v1 API.
+
+Requests are form-encoded the way Stripe documents (``metadata[key]=value``, ``list[0]=...``,
+``true``/``false``), pinned to one API version, and authenticated with ``Authorization: Bearer <secret
+key>`` from ``[providers.<p>.auth]``. Stripe's error bodies decide what is retried: card errors, invalid
+requests, authentication and idempotency errors fail at once; rate limits, lock timeouts, conflicts and
+server errors are retried; a ``Stripe-Should-Retry`` header overrides both ways. PaymentIntent client
+secrets are never kept (Stripe: they "should not be stored, logged, or exposed").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from integrations.adapters.base import (
+    Adapter,
+    HttpCall,
+    OperationSpec,
+    answer_mismatch,
+    operation,
+    response_body,
+)
+from integrations.errors import (
+    ErrorType,
+    OperationError,
+    ProviderRejected,
+    TransientError,
+)
+from integrations.resilience.backoff import parse_retry_after
+
+# Stripe's metadata limits: 50 keys, keys up to 40 characters without square brackets, values up to 500.
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LENGTH = 40
+MAX_METADATA_VALUE_LENGTH = 500
+# An API key as Stripe writes one, masked or not (an answer to a bad key quotes it masked).
+_API_KEY = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[0-9A-Za-z*]+")
+
+
+def form_encode(params: Mapping[str, Any]) -> dict[str, str]:
+    """Stripe's form encoding: nested objects as ``key[sub]``, arrays as ``key[0]``, booleans as
+    ``true``/``false``; ``None`` is left out and ``""`` is kept (Stripe reads it as "unset")."""
+    fields: dict[str, str] = {}
+    for key, value in params.items():
+        _encode_into(fields, str(key), value)
+    return fields
+
+
+def _encode_into(fields: dict[str, str], key: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, Mapping):
+        for sub, item in value.items():
+            _encode_into(fields, f"{key}[{sub}]", item)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _encode_into(fields, f"{key}[{index}]", item)
+    elif isinstance(value, bool):  # before int: a bool is an int
+        fields[key] = "true" if value else "false"
+    elif isinstance(value, str | int | float | Decimal):
+        fields[key] = str(value)
+    else:
+        raise TypeError(f"{key}: {type(value).__name__} has no form encoding")
+
+
+def _metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"at most {MAX_METADATA_KEYS} keys (Stripe's limit), not {len(value)}")
+    for key, item in value.items():
+        if not 0 < len(key) <= MAX_METADATA_KEY_LENGTH or "[" in key or "]" in key:
+            raise ValueError(
+                f"key {key!r}: 1 to {MAX_METADATA_KEY_LENGTH} characters without square brackets"
+            )
+        if len(item) > MAX_METADATA_VALUE_LENGTH:
+            raise ValueError(f"value of {key!r}: at most {MAX_METADATA_VALUE_LENGTH} characters")
+    return value
+
+
+Amount = Annotated[int, Field(strict=True, ge=1, le=99_999_999)]  # smallest currency unit, up to 8 digits
+Currency = Annotated[str, Field(pattern=r"^[a-z]{3}$")]  # ISO 4217, lower-case
+StatementDescriptor = Annotated[str, Field(min_length=1, max_length=22)]
+
+
+class _Request(BaseModel):
+    # A typo must not be dropped silently: it is refused, naming the field.
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutomaticPaymentMethods(_Request):
+    enabled: bool
+    allow_redirects: Literal["always", "never"] | None = None
+
+
+class CreatePaymentIntent(_Request):
+    """Payload of ``integrations.<provider>.create_payment_intent``: Stripe's documented parameters of
+    ``POST /v1/payment_intents`` that an asynchronous, server-side caller uses."""
+
+    amount: Amount
+    currency: Currency
+    customer: str | None = None
+    payment_method: str | None = None
+    payment_method_types: list[str] | None = None
+    automatic_payment_methods: AutomaticPaymentMethods | None = None
+    confirm: bool | None = None
+    off_session: bool | Literal["one_off", "recurring"] | None = None
+    error_on_requires_action: bool | None = None
+    return_url: str | None = None
+    capture_method: Literal["automatic", "automatic_async", "manual"] | None = None
+    setup_future_usage: Literal["off_session", "on_session"] | None = None
+    description: str | None = None
+    metadata: dict[str, str] | None = None
+    receipt_email: str | None = None
+    statement_descriptor: StatementDescriptor | None = None
+    statement_descriptor_suffix: StatementDescriptor | None = None
+    transfer_group: str | None = None
+
+    _check_metadata = field_validator("metadata")(_metadata)
+
+    @model_validator(mode="after")
+    def _confirm_only_parameters(self) -> CreatePaymentIntent:
+        # Stripe: "This parameter can only be used with confirm=true".
+        given = [
+            name
+            for name in ("off_session", "error_on_requires_action", "return_url")
+            if getattr(self, name) not in (None, False)
+        ]
+        if given and self.confirm is not True:
+            raise ValueError(f"{', '.join(given)} can only be used with confirm=true")
+        return self
+
+
+class CreateRefund(_Request):
+    """Payload of ``integrations.<provider>.create_refund``: ``POST /v1/refunds`` of one PaymentIntent
+    or one charge, in full or for ``amount``."""
+
+    payment_intent: str | None = None
+    charge: str | None = None
+    amount: Amount | None = None
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
+    metadata: dict[str, str] | None = None
+    instructions_email: str | None = None
+    refund_application_fee: bool | None = None
+    reverse_transfer: bool | None = None
+
+    _check_metadata = field_validator("metadata")(_metadata)
+
+    @model_validator(mode="after")
+    def _one_payment(self) -> CreateRefund:
+        if (self.payment_intent is None) == (self.charge is None):
+            raise ValueError("give exactly one of payment_intent or charge: the payment to refund")
+        return self
+
+
+class _Object(BaseModel):
+    # Stripe adds fields within an API version; only the fields declared here are relied on and kept.
+    model_config = ConfigDict(extra="ignore")
+
+
+class PaymentError(_Object):
+    """``last_payment_error``: why the latest payment attempt failed (without the payment method's details)."""
+
+    type: str | None = None
+    code: str | None = None
+    decline_code: str | None = None
+    message: str | None = None
+    doc_url: str | None = None
+
+
+class PaymentIntent(_Object):
+    """A PaymentIntent as this adapter returns and the ledger keeps it.
+
+    ``client_secret`` is left out on purpose: Stripe says it "should not be stored, logged, or exposed to
+    anyone other than the customer", and results and the ledger store this response. An application that
+    confirms on the client fetches the secret from Stripe when it needs it.
+    """
+
+    id: str
+    object: Literal["payment_intent"]
+    amount: int
+    currency: str
+    status: Literal[
+        "requires_payment_method",
+        "requires_confirmation",
+        "requires_action",
+        "processing",
+        "requires_capture",
+        "canceled",
+        "succeeded",
+    ]
+    created: int
+    livemode: bool
+    amount_received: int | None = None
+    capture_method: str | None = None
+    customer: str | None = None
+    payment_method: str | None = None
+    latest_charge: str | None = None
+    description: str | None = None
+    receipt_email: str | None = None
+    metadata: dict[str, str] = {}
+    cancellation_reason: str | None = None
+    last_payment_error: PaymentError | None = None
+
+
+class Refund(_Object):
+    """A Refund as this adapter returns it; ``status`` is nullable in Stripe's documentation."""
+
+    id: str
+    object: Literal["refund"]
+    amount: int
+    currency: str
+    status: Literal["pending", "requires_action", "succeeded", "failed", "canceled"] | None
+    created: int
+    payment_intent: str | None = None
+    charge: str | None = None
+    reason: str | None = None
+    failure_reason: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class _ErrorDetail(_Object):
+    type: str | None = None
+    code: str | None = None
+    message: str | None = None
+    param: str | None = None
+    decline_code: str | None = None
+
+
+class _ErrorBody(_Object):
+    error: _ErrorDetail
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What an error answer means before ``Stripe-Should-Retry`` has its say."""
+
+    retry: bool
+    what: str  # the problem in Stripe's words, after "<provider>.<operation>: "
+    hint: str = ""  # what to do, when it is not retried
+    error_type: ErrorType = ErrorType.PROVIDER_UNAVAILABLE  # when retried
+
+
+class StripeAdapter(Adapter):
+    """Stripe's PaymentIntents and Refunds.
+
+    Every request carries ``Stripe-Version: STRIPE_VERSION``, so the shape of requests and answers does
+    not move with the account's default API version. Upgrading it is a deliberate change: read Stripe's
+    changelog for the versions in between, check the models here against it, and change the constant and
+    the tests together.
+    """
+
+    name = "stripe"
+    STRIPE_VERSION: ClassVar[str] = "2026-09-30.endive"
+
+    @operation(payload=CreatePaymentIntent, response=PaymentIntent)
+    def create_payment_intent(self, payload: CreatePaymentIntent) -> HttpCall:
+        return self._post("/v1/payment_intents", payload)
+
+    @operation(payload=CreateRefund, response=Refund)
+    def create_refund(self, payload: CreateRefund) -> HttpCall:
+        return self._post("/v1/refunds", payload)
+
+    def _post(self, path: str, payload: BaseModel) -> HttpCall:
+        return HttpCall(
+            method="POST",
+            path=path,
+            data=form_encode(payload.model_dump(exclude_none=True)),
+            headers={"Stripe-Version": self.STRIPE_VERSION},
+        )
+
+    def classify(self, operation: str, response: requests.Response) -> OperationError | None:
+        """Stripe's status codes and error bodies, as its own libraries read them; ``Stripe-Should-Retry``
+        (``true``/``false``), when present, decides whether the answer is retried."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return None
+        where = self.where(operation)
+        body = without_secrets(response_body(response))
+        verdict = self._verdict(status, _error_detail(body), response.headers)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        should_retry = response.headers.get("Stripe-Should-Retry")
+        if should_retry == "false" and verdict.retry:
+            hint = "Stripe answered Stripe-Should-Retry: false (another attempt would have no further effect)"
+            if status >= 500:
+                hint += "; its outcome is uncertain: check the object in the Stripe Dashboard"
+            return ProviderRejected(f"{where}: {verdict.what}; {hint}", status_code=status, body=body)
+        if should_retry == "true" and not verdict.retry:
+            return TransientError(
+                f"{where}: {verdict.what}; Stripe answered Stripe-Should-Retry: true",
+                status_code=status,
+                body=body,
+                retry_after=retry_after,
+            )
+        if verdict.retry:
+            return TransientError(
+                f"{where}: {verdict.what}",
+                error_type=verdict.error_type,
+                status_code=status,
+                body=body,
+                retry_after=retry_after,
+            )
+        hint = f"; {verdict.hint}" if verdict.hint else ""
+        return ProviderRejected(f"{where}: {verdict.what}{hint}", status_code=status, body=body)
+
+    def _verdict(self, status: int, detail: _ErrorDetail | None, headers: Mapping[str, str]) -> _Verdict:
+        said = _stripe_said(status, detail)
+        kind = detail.type if detail else None
+        code = detail.code if detail else None
+        if status == 401:
+            # Stripe's message quotes the key (masked); the key is the operator's business, not the log's.
+            return _Verdict(
+                retry=False,
+                what="Stripe did not accept the API key (HTTP 401)",
+                hint=(
+                    f"check the provider's secret key ([providers.{self.provider.name}.auth] secret) on "
+                    "the workers: a live key for live mode, a test key for test mode, not rolled or revoked"
+                ),
+            )
+        if status == 429 and code == "lock_timeout":
+            # Lock contention on one object, not a rate limit: the fleet is not paused for it, and the
+            # breaker does not count it.
+            return _Verdict(
+                retry=True,
+                error_type=ErrorType.RESOURCE_LOCKED,
+                what=(
+                    f"the object is locked by another request or Stripe process ({said}); if this "
+                    "recurs, send changes to the same object one after another"
+                ),
+            )
+        if status == 429 or code == "rate_limit":  # rate limits used to come as 400 rate_limit
+            reason = headers.get("Stripe-Rate-Limited-Reason")
+            because = f", Stripe-Rate-Limited-Reason: {reason}" if reason else ""
+            return _Verdict(
+                retry=True,
+                what=f"rate limited by Stripe ({said}{because})",
+                error_type=ErrorType.RATE_LIMITED,
+            )
+        if status == 409:
+            # Stripe's libraries retry every conflict (another request with the same key in progress).
+            return _Verdict(
+                retry=True,
+                what=f"the request conflicts with another one ({said})",
+                error_type=ErrorType.RESOURCE_LOCKED,
+            )
+        if status >= 500:
+            return _Verdict(retry=True, what=f"Stripe server error ({said})")
+        if kind == "idempotency_error":
+            return _Verdict(
+                retry=False,
+                what=f"Stripe refused the idempotency key ({said})",
+                hint="Stripe saw this key with other parameters: use a new key for a new operation",
+            )
+        if status == 402 or kind == "card_error":
+            return _Verdict(
+                retry=False,
+                what=f"the payment failed ({said})",
+                hint=(
+                    "Stripe keeps this answer for this idempotency key: ask the customer for another "
+                    "payment method and send it under a new key"
+                ),
+            )
+        if status == 403:
+            return _Verdict(
+                retry=False,
+                what=f"the API key may not do this ({said})",
+                hint="give the provider's key this permission (restricted keys) or use another key",
+            )
+        if status in (400, 404) or kind == "invalid_request_error":
+            return _Verdict(
+                retry=False,
+                what=f"Stripe refused the request as invalid ({said})",
+                hint="correct the payload and send it under a new idempotency key",
+            )
+        return _Verdict(retry=False, what=f"Stripe rejected the request ({said})")
+
+    def parse_response(self, spec: OperationSpec, response: requests.Response) -> BaseModel:
+        """The answer without client secrets, parsed into the operation's model; a mismatch is a
+        ``ContractViolation`` naming the fields (never quoting the answer, which may hold secrets)."""
+        body = without_secrets(response_body(response))
+        try:
+            return spec.response.model_validate(without_secrets(response.json()))
+        except ValueError as exc:
+            violation = answer_mismatch(self.where(spec.name), spec.response, exc, response, body)
+            violation.message += f" (requests pin Stripe-Version {self.STRIPE_VERSION})"
+            raise violation from None
+
+
+def without_secrets(value: Any) -> Any:
+    """``value`` with every ``client_secret`` dropped and API keys (even masked ones) replaced, at any
+    depth: a card error's body carries the PaymentIntent, client secret included."""
+    if isinstance(value, dict):
+        return {key: without_secrets(item) for key, item in value.items() if key != "client_secret"}
+    if isinstance(value, list):
+        return [without_secrets(item) for item in value]
+    if isinstance(value, str):
+        return _API_KEY.sub("[api key]", value)
+    return value
+
+
+def _error_detail(body: Any) -> _ErrorDetail | None:
+    try:
+        return _ErrorBody.model_validate(body).error
+    except ValidationError:
+        return None
+
+
+def _stripe_said(status: int, detail: _ErrorDetail | None) -> str:
+    """``HTTP 402 card_error/card_declined, decline_code generic_decline: Your card was declined.``"""
+    if detail is None:
+        return f"HTTP {status}"
+    text = f"HTTP {status}"
+    if detail.type:
+        text += f" {detail.type}"
+        if detail.code:
+            text += f"/{detail.code}"
+    elif detail.code:
+        text += f" {detail.code}"
+    if detail.decline_code:
+        text += f", decline_code {detail.decline_code}"
+    if detail.param:
+        text += f", param {detail.param}"
+    return f"{text}: {detail.message}" if detail.message else text
