@@ -116,6 +116,39 @@ def test_dlq_list_shows_failed_and_dead_only(
     assert "retries_exhausted: gave up" in human.output and "2 dead letter(s)" in human.output
 
 
+def test_ops_show_and_dlq_list_print_a_batchs_items(
+    ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = started(ledger, "import-1", provider="crm")
+    items = [
+        {"key": "row-1", "status": "succeeded", "attempts": 1, "response": {"id": "1001"}},
+        {"key": "row-2", "status": "succeeded", "attempts": 2, "response": {"id": "1002"}},
+        {
+            "key": "row-3",
+            "status": "failed",
+            "attempts": 1,
+            "error": {"type": "provider_rejected", "message": "crm.import: item 'row-3': INVALID_EMAIL: bad"},
+        },
+    ]
+    assert ledger.finish(record, OperationStatus.PARTIAL, items=items) is not None
+    env = {"DATABASE_URL": ledger_url}
+
+    shown = json.loads(invoke(monkeypatch, env, "ops", "show", "import-1", "-p", "crm", "--json").output)
+    assert (shown["status"], shown["items"]) == ("partial", items)
+    human = invoke(monkeypatch, env, "ops", "show", "import-1", "-p", "crm").output
+    assert "items: 1 failed, 2 succeeded" in human
+    lines = {line.split()[1]: line for line in human.splitlines() if "row-" in line}
+    assert "succeeded" in lines["row-1"] and '{"id": "1001"}' in lines["row-1"]
+    assert "failed" in lines["row-3"] and "provider_rejected: crm.import: item 'row-3'" in lines["row-3"]
+
+    letters = json.loads(invoke(monkeypatch, env, "dlq", "list", "--json").output)
+    assert [(letter["status"], letter["items"]) for letter in letters] == [
+        ("partial", {"failed": 1, "succeeded": 2})
+    ]
+    listed = invoke(monkeypatch, env, "dlq", "list").output
+    assert "items: 1 failed, 2 succeeded" in listed and "row-3: provider_rejected" in listed
+
+
 def test_dlq_replay_refuses_what_cannot_be_replayed(
     ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

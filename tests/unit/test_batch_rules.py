@@ -1,0 +1,147 @@
+"""The rules of batch operations, as pure functions over item states."""
+
+from __future__ import annotations
+
+import pytest
+
+from integrations import batch
+from integrations.batch import BatchItem, ItemResult, ItemState, ItemStatus
+from integrations.errors import ErrorInfo, ErrorType, ProviderRejected, TransientError
+from integrations.ledger.models import OperationStatus
+
+WHERE = "crm.batch_create"
+
+
+def states(*spec: tuple[str, int]) -> list[ItemState]:
+    return [
+        ItemState(key=f"k{i}", status=ItemStatus(status), attempts=n) for i, (status, n) in enumerate(spec)
+    ]
+
+
+def test_invalid_items_fail_at_once_and_the_others_are_queued() -> None:
+    items = [BatchItem("a", 0, None, "crm.batch_create: payload.items.0.email: bad"), BatchItem("b", 1, None)]
+    first, second = batch.initial_states(items)
+    assert (first.status, first.attempts, first.error and first.error.type) == (
+        ItemStatus.FAILED,
+        0,
+        ErrorType.INVALID_REQUEST,
+    )
+    assert (second.status, second.attempts, second.error) == (ItemStatus.QUEUED, 0, None)
+
+
+def test_a_chunk_takes_the_items_sent_the_fewest_times_in_order_up_to_the_batch_size() -> None:
+    found = states(
+        ("succeeded", 1), ("queued", 1), ("queued", 0), ("failed", 1), ("queued", 0), ("queued", 0)
+    )
+    assert batch.next_chunk(found, 2) == [2, 4]
+    assert batch.next_chunk(found, 10) == [2, 4, 5]
+    assert batch.next_chunk(states(("succeeded", 1), ("queued", 2), ("queued", 1)), 10) == [2]
+    assert batch.next_chunk(states(("succeeded", 1), ("failed", 3)), 10) == []
+
+
+def test_starting_a_chunk_counts_an_attempt_for_its_items_only() -> None:
+    started = batch.start_chunk(states(("queued", 0), ("queued", 1), ("queued", 0)), [0, 2])
+    assert [(s.status, s.attempts) for s in started] == [
+        (ItemStatus.RUNNING, 1),
+        (ItemStatus.QUEUED, 1),
+        (ItemStatus.RUNNING, 1),
+    ]
+
+
+def test_results_end_items_or_queue_them_again_while_attempts_remain() -> None:
+    running = states(("running", 1), ("running", 1), ("running", 3), ("running", 2), ("succeeded", 1))
+    results = {
+        "k0": ItemResult("k0", response={"id": "7"}),
+        "k1": ItemResult("k1", ProviderRejected(f"{WHERE}: item 'k1': CONFLICT: exists")),
+        "k2": ItemResult("k2", TransientError(f"{WHERE}: item 'k2': busy")),
+        "k3": ItemResult("k3", TransientError(f"{WHERE}: item 'k3': busy")),
+    }
+    after = batch.record_results(running, results, max_attempts=3, where=WHERE)
+    assert [(s.status, s.attempts) for s in after] == [
+        (ItemStatus.SUCCEEDED, 1),
+        (ItemStatus.FAILED, 1),
+        (ItemStatus.FAILED, 3),
+        (ItemStatus.QUEUED, 2),
+        (ItemStatus.SUCCEEDED, 1),
+    ]
+    assert after[0].response == {"id": "7"} and after[0].error is None
+    assert after[1].error is not None and after[1].error.type is ErrorType.PROVIDER_REJECTED
+    assert after[2].error is not None and after[2].error.type is ErrorType.RETRIES_EXHAUSTED
+    assert after[2].error.message == (
+        f"{WHERE}: item 'k2': gave up after 3 attempts; last error: {WHERE}: item 'k2': busy"
+    )
+    assert after[3].error is not None and after[3].error.type is ErrorType.PROVIDER_UNAVAILABLE
+
+
+def test_items_of_a_lost_call_are_queued_again_or_fail_if_it_was_their_last_attempt() -> None:
+    reopened = batch.reopen(
+        states(("running", 1), ("running", 3), ("succeeded", 1)), max_attempts=3, where=WHERE
+    )
+    assert [s.status for s in reopened] == [ItemStatus.QUEUED, ItemStatus.FAILED, ItemStatus.SUCCEEDED]
+    assert reopened[1].error is not None and reopened[1].error.type is ErrorType.RETRIES_EXHAUSTED
+    assert "the worker of the last one was lost" in reopened[1].error.message
+
+
+def test_a_round_goes_on_while_items_not_yet_sent_in_it_remain() -> None:
+    # Chunk of round 1 just sent (attempts 1): an item with 0 attempts is still to go this round.
+    assert batch.sent_this_round(states(("queued", 0), ("queued", 1)), 1)
+    # Only items that failed in this round are left: they wait for the backoff.
+    assert not batch.sent_this_round(states(("succeeded", 1), ("queued", 1)), 1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "status"),
+    [
+        ((("succeeded", 1), ("succeeded", 2)), OperationStatus.SUCCEEDED),
+        ((("succeeded", 1), ("failed", 1)), OperationStatus.PARTIAL),
+        ((("failed", 0), ("failed", 3)), OperationStatus.FAILED),
+        ((("succeeded", 1), ("queued", 1)), None),
+        ((("succeeded", 1), ("running", 1)), None),
+    ],
+)
+def test_how_a_batch_ends(spec: tuple[tuple[str, int], ...], status: OperationStatus | None) -> None:
+    assert batch.final_status(states(*spec)) is status
+
+
+def test_a_replay_queues_the_failed_items_again_except_invalid_ones() -> None:
+    invalid = ItemState(
+        key="bad",
+        status=ItemStatus.FAILED,
+        error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message="x"),
+    )
+    done = ItemState(key="ok", status=ItemStatus.SUCCEEDED, attempts=1, response={"id": "1"})
+    rejected = ItemState(
+        key="no",
+        status=ItemStatus.FAILED,
+        attempts=3,
+        error=ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="x"),
+    )
+    assert batch.for_replay([invalid, done, rejected]) == [invalid, done, ItemState(key="no")]
+
+
+def test_each_chunk_has_its_own_idempotency_key_stable_for_the_same_items() -> None:
+    first = batch.chunk_idempotency_key("import-1", ["a", "b"])
+    assert first == batch.chunk_idempotency_key("import-1", ["a", "b"])
+    assert first.startswith("import-1/")
+    assert first != batch.chunk_idempotency_key("import-1", ["a", "c"])
+    assert first != batch.chunk_idempotency_key("import-2", ["a", "b"])
+    long = batch.chunk_idempotency_key("k" * 255, ["a"])
+    assert len(long) <= 255 and long != batch.chunk_idempotency_key("k" * 254, ["a"])
+
+
+def test_states_survive_the_ledgers_json() -> None:
+    found = [
+        ItemState(key="a", status=ItemStatus.SUCCEEDED, attempts=1, response={"id": "9"}),
+        ItemState(
+            key="b",
+            status=ItemStatus.FAILED,
+            attempts=2,
+            error=ErrorInfo(type=ErrorType.TIMEOUT, message="t"),
+        ),
+    ]
+    dumped = batch.dump(found)
+    assert dumped == [
+        {"key": "a", "status": "succeeded", "attempts": 1, "response": {"id": "9"}},
+        {"key": "b", "status": "failed", "attempts": 2, "error": {"type": "timeout", "message": "t"}},
+    ]
+    assert batch.load(dumped) == found
