@@ -19,6 +19,7 @@ from integrations.ledger.store import Ledger
 from integrations.testing.provider import ProviderSimulator
 from tasks.worker import WorkerProcess, running_worker
 from tests.conftest import TEST_REDIS_DB, with_redis_db
+from tests.fakes.hubspot import FakeHubSpot
 
 CANARY = "sk_live_canary_" + uuid.uuid4().hex  # a secret that must be found nowhere but at the provider
 
@@ -29,7 +30,7 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def providers_toml(simulator_url: str) -> str:
+def providers_toml(simulator_url: str, hubspot_url: str) -> str:
     return f"""
 [providers.sim]
 adapter = "http"
@@ -68,6 +69,17 @@ base_url = "{simulator_url}"
 type = "bearer"
 secret = "env:INTEGRATIONS_TEST_CANARY"
 
+[providers.crm]
+adapter = "hubspot"
+base_url = "{hubspot_url}"
+[providers.crm.auth]
+type = "bearer"
+secret = "env:INTEGRATIONS_TEST_CANARY"
+[providers.crm.retry]
+max_attempts = 3
+backoff_base = 0.05
+backoff_max = 0.2
+
 [providers.down]
 adapter = "http"
 base_url = "http://127.0.0.1:{closed_port()}"
@@ -99,11 +111,18 @@ class Worker:
         )
 
 
+@pytest.fixture(scope="session")
+def hubspot_server() -> Iterator[FakeHubSpot]:
+    with FakeHubSpot(CANARY) as server:
+        yield server
+
+
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def worker(
     request: pytest.FixtureRequest,
     redis_server_url: str,
     simulator_server: ProviderSimulator,
+    hubspot_server: FakeHubSpot,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Worker]:
     folder = tmp_path_factory.mktemp(f"worker-{request.param}")
@@ -116,7 +135,7 @@ def worker(
         redis_db = TEST_REDIS_DB + 1
     redis_url = with_redis_db(redis_server_url, redis_db)
     providers = folder / "providers.toml"
-    providers.write_text(providers_toml(simulator_server.url))
+    providers.write_text(providers_toml(simulator_server.url, hubspot_server.url))
     env = dict(
         os.environ,
         REDIS_URL=redis_url,
@@ -142,6 +161,7 @@ def worker(
                 "integrations.tuned",
                 "integrations.fragile",
                 "integrations.secured",
+                "integrations.crm",
                 "integrations.down",
             ],
             folder,

@@ -22,6 +22,7 @@ from integrations.resilience.breaker import now_ms
 from integrations.testing.provider import ProviderSimulator
 from tasks.worker import running_worker
 from tests.e2e.conftest import CANARY, Worker, unique
+from tests.fakes.hubspot import FakeHubSpot
 
 TIMEOUT = 30
 
@@ -293,7 +294,37 @@ def test_a_forced_open_breaker_holds_operations_until_closed(worker: Worker, sim
     assert record.status is OperationStatus.QUEUED
 
 
-def test_a_secret_reaches_the_provider_and_nothing_else(worker: Worker, sim: ProviderSimulator) -> None:
+def test_a_batch_goes_in_chunks_and_ends_partial_with_each_items_outcome(
+    worker: Worker, hubspot_server: FakeHubSpot
+) -> None:
+    key = unique("contacts")
+    items = [{"properties": {"email": f"{key}-{n}@example.com"}} for n in range(130)]
+    items[5] = {"properties": {"email": "not-an-address"}}
+    hubspot_server.transient = {f"{key}#120": 1}
+    sent = len(hubspot_server.received())
+
+    result = worker.app.send_task(
+        "integrations.crm.batch_create_contacts",
+        kwargs={"payload": {"items": items}, "idempotency_key": key},
+        queue="integrations.crm",
+    ).get(timeout=TIMEOUT)
+
+    assert (result["status"], result["attempts"]) == ("partial", 3)  # 100 + 30, then #120 again
+    states = {item["key"]: item for item in result["items"]}
+    assert states[f"{key}#5"]["error"]["body"]["category"] == "INVALID_EMAIL"
+    assert states[f"{key}#120"]["attempts"] == 2 and states[f"{key}#120"]["status"] == "succeeded"
+    assert sum(item["status"] == "succeeded" for item in result["items"]) == 129
+    calls = hubspot_server.received()[sent:]
+    assert [len(call.json()["inputs"]) for call in calls] == [100, 30, 1]
+    assert all(hubspot_server.created[f"{key}#{n}"] == 1 for n in range(130) if n != 5)
+    record = worker.ledger.find("crm", key)
+    assert record is not None and record.status is OperationStatus.PARTIAL
+    assert [item["status"] for item in record.items or []] == [item["status"] for item in result["items"]]
+
+
+def test_a_secret_reaches_the_provider_and_nothing_else(
+    worker: Worker, sim: ProviderSimulator, hubspot_server: FakeHubSpot
+) -> None:
     ok = worker.send(unique("secret"), {"method": "POST", "path": "/v1/s"}, provider="secured")
     assert ok.get(timeout=TIMEOUT)["status"] == "succeeded"
     rejected = worker.send(
@@ -302,6 +333,13 @@ def test_a_secret_reaches_the_provider_and_nothing_else(worker: Worker, sim: Pro
     with pytest.raises(Exception, match="provider_rejected"):
         rejected.get(timeout=TIMEOUT)
     assert {c.headers["authorization"] for c in sim.calls(path="/v1/s")} == {f"Bearer {CANARY}"}
+    batch = worker.app.send_task(
+        "integrations.crm.batch_create_contacts",
+        kwargs={"payload": {"items": [{"properties": {"email": "x"}}]}, "idempotency_key": unique("c")},
+        queue="integrations.crm",
+    )
+    assert batch.get(timeout=TIMEOUT)["status"] == "failed"
+    assert hubspot_server.received()[-1].header("authorization") == f"Bearer {CANARY}"
 
     canary = CANARY.encode()
     client = redis.Redis.from_url(worker.env["REDIS_URL"])  # the broker and the result backend
