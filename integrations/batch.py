@@ -5,7 +5,8 @@ ledger keeps one state per item, in the order of the message's items, and the pi
 each claim and finish. The rules are pure functions over that list, so they are tested directly:
 
 - a call sends at most the provider's batch size, taken from the items sent the fewest times: fresh items
-  go first, and items that failed in a round wait for the backoff before the next round;
+  go first, and items that failed in a round wait for the backoff before the next round; the items of a
+  call whose worker was lost go again together, as they were sent (same ``Idempotency-Key``);
 - an item that succeeded is never sent again; one that failed for good is never retried;
 - the batch ends ``succeeded`` (every item), ``failed`` (no item) or ``partial``.
 """
@@ -20,12 +21,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from integrations.errors import ErrorInfo, ErrorType, OperationError
-from integrations.ledger.models import OperationStatus
+from integrations.errors import (
+    ErrorInfo,
+    ErrorType,
+    OperationError,
+    last_attempt_lost,
+    retries_exhausted,
+)
+from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
 
-# A batch message is kept whole in the ledger row, with one state per item: this bounds the row.
-MAX_BATCH_ITEMS = 10_000
-MAX_ITEM_KEY_LENGTH = 255
+# A batch message is kept whole in the ledger row, with one state per item, rewritten after each call:
+# this bounds the row and the work per call.
+MAX_BATCH_ITEMS = 1000
 
 
 class ItemStatus(StrEnum):
@@ -38,12 +45,15 @@ class ItemStatus(StrEnum):
 @dataclass(frozen=True)
 class BatchItem:
     """One item of a batch message: its key, its position in ``payload.items`` and its validated value
-    (``None``, with ``problem`` saying why, when the item itself is invalid)."""
+    (``None``, with ``problem`` naming the field, when the item itself is invalid). ``sent_unanswered``:
+    the item's last call may have been carried out without its answer reaching us (a timeout, a cut
+    connection, a lost worker), so an adapter may read "already exists" as that call's success."""
 
     key: str
     position: int
     value: BaseModel | None
     problem: str | None = None
+    sent_unanswered: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ class ItemState(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def initial_states(items: Sequence[BatchItem]) -> list[ItemState]:
+def initial_states(items: Sequence[BatchItem], where: str) -> list[ItemState]:
     """Every item queued, except invalid ones, which fail at once without being sent."""
     return [
         ItemState(key=item.key)
@@ -77,7 +87,7 @@ def initial_states(items: Sequence[BatchItem]) -> list[ItemState]:
         else ItemState(
             key=item.key,
             status=ItemStatus.FAILED,
-            error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message=item.problem),
+            error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message=f"{where}: {item.problem}"),
         )
         for item in items
     ]
@@ -91,40 +101,42 @@ def dump(states: Sequence[ItemState]) -> list[dict[str, Any]]:
     return [state.to_json() for state in states]
 
 
-def reopen(states: Sequence[ItemState], *, max_attempts: int, where: str) -> list[ItemState]:
-    """Before a claim: items left running belong to a call whose worker was lost (the operation's lease
-    ran out). Each goes back to the queue, or fails if that call was its last attempt."""
+def plan(
+    states: Sequence[ItemState], *, max_items: int, max_attempts: int, where: str
+) -> tuple[list[ItemState], list[int]]:
+    """The states as the next claim finds them, and the positions of the items its call sends.
+
+    Items left running belong to a call whose worker was lost (the operation's lease ran out): each goes
+    back to the queue, or fails if that call was its last attempt, and those queued again are sent first,
+    together, so the provider sees the same call with the same ``Idempotency-Key``."""
     reopened = []
-    for state in states:
+    lost = []
+    for position, state in enumerate(states):
         if state.status is ItemStatus.RUNNING:
             if state.attempts >= max_attempts:
-                message = (
-                    f"{where}: item {state.key!r}: gave up after {state.attempts} attempts; the worker of the "
-                    "last one was lost before it recorded an outcome (check with the provider whether it "
-                    "carried it out)"
-                )
-                state = state.model_copy(
-                    update={
-                        "status": ItemStatus.FAILED,
-                        "error": ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message=message),
-                    }
-                )
+                error = last_attempt_lost(f"{where}: item {state.key!r}", state.attempts)
+                state = state.model_copy(update={"status": ItemStatus.FAILED, "error": error})
             else:
-                state = state.model_copy(update={"status": ItemStatus.QUEUED})
+                message = f"{where}: item {state.key!r}: the worker of its call was lost before it recorded an outcome"
+                error = ErrorInfo(type=ErrorType.TIMEOUT, message=message)
+                state = state.model_copy(update={"status": ItemStatus.QUEUED, "error": error})
+                lost.append(position)
         reopened.append(state)
-    return reopened
+    return reopened, lost[:max_items] or next_chunk(reopened, max_items)
 
 
 def for_replay(states: Sequence[ItemState]) -> list[ItemState]:
     """The states of a batch sent again by ``dlq replay``: items that failed go back to the queue with a
-    fresh attempt budget, except invalid ones (the same item would be invalid again)."""
+    fresh attempt budget, except those never sent (invalid: the same item would be invalid again)."""
     return [
-        ItemState(key=state.key)
-        if state.status is ItemStatus.FAILED
-        and (state.error is None or state.error.type is not ErrorType.INVALID_REQUEST)
-        else state
+        ItemState(key=state.key) if state.status is ItemStatus.FAILED and state.attempts > 0 else state
         for state in states
     ]
+
+
+def sent_unanswered(state: ItemState) -> bool:
+    """Whether the item's last call may have been carried out though no answer came back."""
+    return state.error is not None and state.error.type in (ErrorType.TIMEOUT, ErrorType.CONNECTION_ERROR)
 
 
 def next_chunk(states: Sequence[ItemState], max_items: int) -> list[int]:
@@ -148,17 +160,21 @@ def start_chunk(states: Sequence[ItemState], chunk: Sequence[int]) -> list[ItemS
 
 def record_results(
     states: Sequence[ItemState],
-    results: Mapping[str, ItemResult],
+    results: Mapping[str, ItemResult] | OperationError,
     *,
     max_attempts: int,
     where: str,
 ) -> list[ItemState]:
-    """The states after a call: each running item takes its result. A retryable failure goes back to
-    the queue while attempts remain; the last one fails the item as ``retries_exhausted``."""
+    """The states after a call: each running item takes its result, or the call's error when the whole
+    call failed (without its body, which the operation keeps once). A retryable failure goes back to the
+    queue while attempts remain; the last one fails the item as ``retries_exhausted``."""
     recorded = []
     for state in states:
         if state.status is ItemStatus.RUNNING:
-            result = results[state.key]
+            whole_call = isinstance(results, OperationError)
+            result = (
+                ItemResult(state.key, results) if isinstance(results, OperationError) else results[state.key]
+            )
             error = result.error
             if error is None:
                 state = state.model_copy(
@@ -166,22 +182,21 @@ def record_results(
                 )
             else:
                 info = error.info()
+                if whole_call:
+                    info.body = None
                 status = ItemStatus.FAILED
                 if error.retryable and state.attempts < max_attempts:
                     status = ItemStatus.QUEUED
                 elif error.retryable:
-                    info = ErrorInfo(
-                        type=ErrorType.RETRIES_EXHAUSTED,
-                        message=(
-                            f"{where}: item {state.key!r}: gave up after {state.attempts} attempts; "
-                            f"last error: {info.message}"
-                        ),
-                        status_code=info.status_code,
-                        body=info.body,
-                    )
+                    info = retries_exhausted(f"{where}: item {state.key!r}", state.attempts, info)
                 state = state.model_copy(update={"status": status, "error": info})
         recorded.append(state)
     return recorded
+
+
+def retry_error(states: Sequence[ItemState]) -> ErrorInfo | None:
+    """The error of an item waiting for another try, to report with the retry."""
+    return next((s.error for s in states if s.status is ItemStatus.QUEUED and s.error is not None), None)
 
 
 def sent_this_round(states: Sequence[ItemState], chunk_attempts: int) -> bool:
@@ -208,12 +223,25 @@ def counts(states: Sequence[ItemState]) -> dict[str, int]:
     return found
 
 
+def summary(states: Sequence[ItemState]) -> str:
+    """``2 succeeded, 1 failed``-style counts, for people."""
+    return ", ".join(f"{count} {status}" for status, count in sorted(counts(states).items()))
+
+
+def item_key(idempotency_key: str, position: int) -> str:
+    """The key of an item that has none of its own: stable across retries, unique in the operation."""
+    key = f"{idempotency_key}#{position}"
+    if len(key) > MAX_KEY_LENGTH:
+        key = f"{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}#{position}"
+    return key
+
+
 def chunk_idempotency_key(idempotency_key: str, keys: Sequence[str]) -> str:
     """The ``Idempotency-Key`` of one call: the same for the same items of the same operation, and
     different for each chunk, so a provider that honours the header never answers one chunk with
     another's stored answer."""
     digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
     key = f"{idempotency_key}/{digest}"
-    if len(key) > MAX_ITEM_KEY_LENGTH:
+    if len(key) > MAX_KEY_LENGTH:
         key = f"{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}/{digest}"
     return key

@@ -105,8 +105,7 @@ def ops_show(idempotency_key: str, provider: str, as_json: bool) -> None:
 
 def _print_items(states: list[batch.ItemState]) -> None:
     """A batch's items, one line each: key, status, attempts, and the error or the provider's answer."""
-    summary = ", ".join(f"{count} {status}" for status, count in sorted(batch.counts(states).items()))
-    table = Table(title=f"items: {summary}", title_justify="left")
+    table = Table(title=f"items: {batch.summary(states)}", title_justify="left")
     for column in ("key", "status", "attempts", "error / response"):
         table.add_column(column, overflow="fold")
     for state in states:
@@ -168,8 +167,7 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
         )
         if record.items is not None:
             states = batch.load(record.items)
-            summary = ", ".join(f"{n} {status}" for status, n in sorted(batch.counts(states).items()))
-            console.print(f"    items: {summary}", highlight=False)
+            console.print(f"    items: {batch.summary(states)}", highlight=False)
             failed = [s for s in states if s.error is not None and s.status is batch.ItemStatus.FAILED]
             for state in failed[:3]:
                 assert state.error is not None

@@ -126,3 +126,25 @@ class TransientError(OperationError):
     ) -> None:
         super().__init__(message, error_type=error_type, status_code=status_code, body=body)
         self.retry_after = retry_after
+
+
+def retries_exhausted(what: str, attempts: int, last: ErrorInfo) -> ErrorInfo:
+    """The error of an operation or item that spent its attempts; ``what`` names it."""
+    return ErrorInfo(
+        type=ErrorType.RETRIES_EXHAUSTED,
+        message=f"{what}: gave up after {attempts} attempts; last error: {last.message}",
+        status_code=last.status_code,
+        body=last.body,
+    )
+
+
+def last_attempt_lost(what: str, attempts: int) -> ErrorInfo:
+    """The error of an operation or item whose last allowed attempt's worker was lost mid-call."""
+    return ErrorInfo(
+        type=ErrorType.RETRIES_EXHAUSTED,
+        message=(
+            f"{what}: gave up after {attempts} attempts; the worker of the last one was lost before it "
+            "recorded an outcome (the provider may have carried it out: check with the provider under "
+            "this idempotency key)"
+        ),
+    )

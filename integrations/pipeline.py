@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from integrations import batch
 from integrations.adapters.base import Adapter, BatchPayload, redact_credentials
-from integrations.batch import BatchItem, ItemResult, ItemState
+from integrations.batch import BatchItem, ItemState
 from integrations.errors import (
     ErrorInfo,
     ErrorType,
@@ -27,8 +27,10 @@ from integrations.errors import (
     LedgerUnavailable,
     OperationError,
     TransientError,
+    last_attempt_lost,
+    retries_exhausted,
 )
-from integrations.ledger.models import OperationStatus
+from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
 from integrations.ledger.store import Clock, Ledger, OperationRecord, utcnow
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience import idempotency
@@ -36,7 +38,6 @@ from integrations.resilience.backoff import MAX_RETRY_AFTER, ExponentialBackoff,
 
 log = logging.getLogger("integrations.operations")
 
-MAX_KEY_LENGTH = 255
 # A guard's wait up to this long is slept through in the worker instead of re-queueing the message.
 INLINE_WAIT = 0.05
 MAX_INTERNAL_ERROR_REDELIVERIES = 5
@@ -197,7 +198,27 @@ class OperationRunner:
             if delivery.redeliveries < MAX_INTERNAL_ERROR_REDELIVERIES:
                 return Defer(poll_delay(delivery.redeliveries + 2), "internal_error")
             message = f"{self.where(delivery)}: internal error: {type(exc).__name__}; see the worker's log"
-            return Failed(OperationStatus.FAILED, ErrorInfo(type=ErrorType.INTERNAL_ERROR, message=message))
+            error = ErrorInfo(type=ErrorType.INTERNAL_ERROR, message=message)
+            return Failed(OperationStatus.FAILED, error, self._record_internal_error(delivery, error))
+
+    def _record_internal_error(self, delivery: Delivery, error: ErrorInfo) -> str | None:
+        """End the operation's row as failed, so it is a dead letter that can be replayed rather than a
+        row left queued with no message; not while another worker's attempt holds it."""
+        key = delivery.kwargs.get("idempotency_key") if isinstance(delivery.kwargs, Mapping) else None
+        if not isinstance(key, str):
+            return None
+        try:
+            record = self.ledger.find(self.provider.name, key)
+            if record is None or record.status.terminal:
+                return record.id if record else None
+            lease = record.lease_expires_at
+            if record.status is OperationStatus.RUNNING and lease is not None and lease > self.clock():
+                return record.id
+            self.ledger.finish(record, OperationStatus.FAILED, error=error)
+            return record.id
+        except Exception:
+            log.exception("%s key=%s: the internal error could not be recorded", self.where(delivery), key)
+            return None
 
     def where(self, delivery: Delivery) -> str:
         return f"{self.provider.name}.{delivery.operation}"
@@ -234,13 +255,15 @@ class OperationRunner:
             chunk: list[int] = []
             if items is not None:
                 if record is None or record.items is None or getattr(decision, "takeover", False):
-                    states = batch.initial_states(items)
+                    states = batch.initial_states(items, self.where(delivery))
                 else:
                     states = batch.load(record.items)
-                states = batch.reopen(
-                    states, max_attempts=self.provider.retry.max_attempts, where=self.where(delivery)
+                states, chunk = batch.plan(
+                    states,
+                    max_items=self.adapter.batch_spec(delivery.operation).max_items,
+                    max_attempts=self.provider.retry.max_attempts,
+                    where=self.where(delivery),
                 )
-                chunk = batch.next_chunk(states, self.adapter.batch_spec(delivery.operation).max_items)
                 if not chunk and record is not None:
                     settled = self._settle(record, states)
                     if settled is None:
@@ -257,9 +280,12 @@ class OperationRunner:
             deferral = self._admit(attempt)
             if deferral is not None:
                 taking_over = isinstance(decision, idempotency.Claim) and decision.takeover
-                initial = batch.dump(batch.initial_states(items)) if items is not None else None
+                # A new row gets its items; an existing one keeps them as they are, so items of a lost call
+                # are still known as such at the next claim (and sent again together).
+                fresh = states is not None and (record is None or taking_over)
+                waiting_items = batch.dump(states) if fresh and states is not None else None
                 return self._deferred(
-                    delivery, message, request_fingerprint, record, deferral, taking_over, initial
+                    delivery, message, request_fingerprint, record, deferral, taking_over, waiting_items
                 )
             request_id = message.request_id or (record.request_id if record else None) or str(uuid.uuid4())
             lease = timedelta(seconds=self.provider.lease_seconds)
@@ -287,8 +313,11 @@ class OperationRunner:
                     items=started_items,
                 )
             if claimed is not None:
-                if items is not None:
-                    return self._attempt_batch(attempt, claimed, [items[i] for i in chunk])
+                if items is not None and states is not None:
+                    sent = [
+                        replace(items[i], sent_unanswered=batch.sent_unanswered(states[i])) for i in chunk
+                    ]
+                    return self._attempt_batch(attempt, claimed, sent)
                 return self._attempt(attempt, claimed)
             self._release(attempt, self.guards)  # another worker claimed it first: give back what we took
         return Defer(poll_delay(delivery.redeliveries), "contended")
@@ -299,7 +328,7 @@ class OperationRunner:
             return None
         items = self.adapter.parse_batch(delivery.operation, payload, idempotency_key)
         if all(item.problem is not None for item in items):
-            problems = "; ".join(item.problem.split(": ", 1)[1] for item in items[:5] if item.problem)
+            problems = "; ".join(item.problem for item in items[:5] if item.problem)
             raise InvalidRequest(f"{self.where(delivery)}: no item is valid: {problems}")
         return items
 
@@ -412,34 +441,28 @@ class OperationRunner:
                 attempt.operation, chunk, idempotency_key=call_key, request_id=request_id
             ),
         )
-        results = (
-            reply.results if reply is not None else {item.key: ItemResult(item.key, error) for item in chunk}
-        )
         if error is not None and error.error_type is ErrorType.CONTRACT_VIOLATION:
             _log_contract_violation(where, claimed, error)
+        results = reply.results if reply is not None else error
+        assert results is not None
         states = batch.record_results(
             batch.load(claimed.items), results, max_attempts=self.provider.retry.max_attempts, where=where
         )
+        # The whole call's error, with the provider's answer, is kept once, on the operation.
+        call_error = error.info() if error is not None else None
+        if call_error is not None:
+            call_error.body = _without_nul(call_error.body)
         status = batch.final_status(states)
         if status is not None:
-            return self._settle(claimed, states, status) or self._taken_over(claimed)
-        call_error = error.info() if error is not None else None
+            return self._settle(claimed, states, status, call_error) or self._taken_over(claimed)
         chunk_attempts = states[chunk[0].position].attempts
-        if batch.sent_this_round(states, chunk_attempts):  # the round goes on with the next chunk
-            if (
-                self.ledger.finish(
-                    claimed, OperationStatus.QUEUED, error=call_error, items=_without_nul(batch.dump(states))
-                )
-                is None
-            ):
-                return self._taken_over(claimed)
-            return Defer(0.0, "next_chunk")
-        # Every item of the round was sent: those that failed and may be retried wait for the backoff.
-        retry_after = max(
-            (getattr(r.error, "retry_after", None) or 0.0 for r in results.values()), default=0.0
-        )
-        delay = next_delay(self.backoff, chunk_attempts, retry_after or None)
-        due = self.clock() + timedelta(seconds=delay)
+        delay, due = 0.0, None
+        if not batch.sent_this_round(states, chunk_attempts):
+            # Every item of the round was sent: those that failed and may be retried wait for the backoff.
+            errors = [error] if reply is None else [r.error for r in reply.results.values()]
+            retry_after = max((getattr(e, "retry_after", None) or 0.0 for e in errors), default=0.0)
+            delay = next_delay(self.backoff, chunk_attempts, retry_after or None)
+            due = self.clock() + timedelta(seconds=delay)
         finished = self.ledger.finish(
             claimed,
             OperationStatus.QUEUED,
@@ -449,39 +472,42 @@ class OperationRunner:
         )
         if finished is None:
             return self._taken_over(claimed)
-        queued = batch.counts(states).get(batch.ItemStatus.QUEUED.value, 0)
+        if due is None:
+            return Defer(0.0, "next_chunk")  # the round goes on with the next chunk, at once
+        retried = batch.retry_error(states)
+        assert retried is not None  # items are queued, and only a retryable failure queues one again
         log.warning(
-            "retrying %d item(s) of %s key=%s in %.2fs (attempt %d/%d)",
-            queued,
+            "retrying %d item(s) of %s key=%s in %.2fs (attempt %d/%d): %s",
+            batch.counts(states).get(batch.ItemStatus.QUEUED.value, 0),
             where,
             claimed.idempotency_key,
             delay,
             chunk_attempts,
             self.provider.retry.max_attempts,
+            retried.message,
         )
-        last = call_error or next(
-            (r.error.info() for r in results.values() if r.error is not None and r.error.retryable), None
-        )
-        return Retry(
-            min(delay, MAX_COUNTDOWN), last or ErrorInfo(type=ErrorType.INTERNAL_ERROR, message=where)
-        )
+        return Retry(min(delay, MAX_COUNTDOWN), retried)
 
     def _settle(
-        self, record: OperationRecord, states: list[ItemState], status: OperationStatus | None = None
+        self,
+        record: OperationRecord,
+        states: list[ItemState],
+        status: OperationStatus | None = None,
+        error: ErrorInfo | None = None,
     ) -> Outcome | None:
         """End a batch whose items all have an outcome; ``None`` if the row changed meanwhile."""
         status = status or batch.final_status(states) or OperationStatus.FAILED
-        finished = self.ledger.finish(record, status, items=_without_nul(batch.dump(states)))
+        finished = self.ledger.finish(record, status, error=error, items=_without_nul(batch.dump(states)))
         if finished is None:
-            return self._taken_over(record) if record.status is OperationStatus.RUNNING else None
+            return None
         log.info(
-            "%s %s.%s key=%s calls=%d items=%s",
+            "%s %s.%s key=%s calls=%d items: %s",
             status.value,
             finished.provider,
             finished.operation,
             finished.idempotency_key,
             finished.attempts,
-            batch.counts(states),
+            batch.summary(states),
         )
         return Done(result(finished, replayed=False))
 
@@ -510,12 +536,7 @@ class OperationRunner:
         status = OperationStatus.FAILED
         if error.retryable:
             status = OperationStatus.DEAD
-            info = ErrorInfo(
-                type=ErrorType.RETRIES_EXHAUSTED,
-                message=f"{where}: gave up after {claimed.attempts} attempts; last error: {info.message}",
-                status_code=info.status_code,
-                body=info.body,
-            )
+            info = retries_exhausted(where, claimed.attempts, info)
         finished = self.ledger.finish(claimed, status, error=info)
         if finished is None:
             return self._taken_over(claimed)
@@ -531,14 +552,7 @@ class OperationRunner:
 
     def _lost_last_attempt(self, record: OperationRecord) -> Outcome | None:
         where = f"{record.provider}.{record.operation}"
-        error = ErrorInfo(
-            type=ErrorType.RETRIES_EXHAUSTED,
-            message=(
-                f"{where}: gave up after {record.attempts} attempts; the worker of the last one was lost "
-                "before it recorded an outcome (the provider may have carried it out: check with the provider "
-                "under this idempotency key)"
-            ),
-        )
+        error = last_attempt_lost(where, record.attempts)
         finished = self.ledger.finish(record, OperationStatus.DEAD, error=error)
         if finished is None:
             return None

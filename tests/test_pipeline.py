@@ -445,3 +445,32 @@ def test_an_internal_error_puts_the_message_back_a_few_times_then_fails_it(
     assert "RuntimeError" in late.error.message and "worker's log" in late.error.message
     assert simulator.calls() == []
     broken.engine.dispose()
+
+
+class BrokenClaim(Ledger):
+    """A ledger whose claim has a bug: the row is found, and the next attempt cannot start."""
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+
+def test_an_operation_given_up_for_internal_errors_is_recorded_as_a_dead_letter(
+    runner: OperationRunner, ledger_url: str, clock: Clock
+) -> None:
+    first = deliver(runner, "order-21", path="/charges?status=503")
+    assert isinstance(first, Retry)
+    clock.advance(first.delay)
+    broken = BrokenClaim(create_ledger_engine(ledger_url), clock=clock)
+    message = {"payload": {"method": "POST", "path": "/charges?status=503", "json": {"amount": 100}}}
+    late = OperationRunner(runner.provider, runner.adapter, broken, clock=clock).run(
+        Delivery(
+            "request", message | {"idempotency_key": "order-21"}, redeliveries=MAX_INTERNAL_ERROR_REDELIVERIES
+        )
+    )
+
+    assert isinstance(late, Failed) and late.error.type is ErrorType.INTERNAL_ERROR
+    record = runner.ledger.find("sim", "order-21")
+    assert record is not None and late.operation_id == record.id
+    assert record.status is OperationStatus.FAILED and record.error == late.error.model_dump(mode="json")
+    assert [letter.id for letter in runner.ledger.dead_letters("sim")] == [record.id]
+    broken.engine.dispose()

@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from integrations.auth import Credentials
-from integrations.batch import MAX_BATCH_ITEMS, MAX_ITEM_KEY_LENGTH, BatchItem, ItemResult
+from integrations.batch import MAX_BATCH_ITEMS, BatchItem, ItemResult, item_key
 from integrations.errors import (
     ContractViolation,
     ErrorType,
@@ -27,6 +27,7 @@ from integrations.errors import (
     ProviderRejected,
     TransientError,
 )
+from integrations.ledger.models import MAX_KEY_LENGTH
 from integrations.providers import ProviderSettings
 from integrations.resilience.backoff import parse_retry_after
 
@@ -103,6 +104,7 @@ class BatchPayload(BaseModel):
 
 
 AdapterMethod = TypeVar("AdapterMethod", bound=Callable[..., HttpCall])
+Answered = TypeVar("Answered", Reply, BatchReply)
 
 
 def operation(
@@ -165,9 +167,6 @@ class Adapter:
     def where(self, operation: str) -> str:
         return f"{self.provider.name}.{operation}"
 
-    def is_batch(self, operation: str) -> bool:
-        return isinstance(self.spec(operation), BatchSpec)
-
     def parse_payload(self, operation: str, payload: Any) -> BaseModel:
         """Validate a message's payload; a bad one is an ``InvalidRequest`` naming each field."""
         spec = self.spec(operation)
@@ -185,20 +184,26 @@ class Adapter:
         items: list[BatchItem] = []
         seen: dict[str, int] = {}
         for position, raw in enumerate(payload.items):
+            field = f"payload.items.{position}"
+            problem = None
             key = raw.get(spec.key) if spec.key else None
-            if not (isinstance(key, str) and 0 < len(key) <= MAX_ITEM_KEY_LENGTH and key.isprintable()):
-                key = f"{idempotency_key}#{position}"
+            if key is None:
+                key = item_key(idempotency_key, position)
+            elif not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+                problem = f"{field}.{spec.key}: must be 1 to {MAX_KEY_LENGTH} printable characters"
+                key = item_key(idempotency_key, position)
             if key in seen:
                 raise InvalidRequest(
-                    f"{self.where(operation)}: payload.items.{seen[key]} and payload.items.{position} have "
-                    f"the same key {key!r}; each item's {spec.key!r} must be unique within the operation"
+                    f"{self.where(operation)}: payload.items.{seen[key]} and {field} have the same key "
+                    f"{key!r}; each item's {spec.key!r} must be unique within the operation"
                 )
             seen[key] = position
             try:
-                items.append(BatchItem(key, position, spec.item.model_validate(raw)))
+                value = spec.item.model_validate(raw)
             except ValidationError as exc:
-                problem = f"{self.where(operation)}: {_problems(exc, f'payload.items.{position}')}"
-                items.append(BatchItem(key, position, None, problem))
+                items.append(BatchItem(key, position, None, _problems(exc, field)))
+                continue
+            items.append(BatchItem(key, position, None if problem else value, problem))
         return items
 
     def spec(self, operation: str) -> OperationSpec | BatchSpec:
@@ -224,14 +229,7 @@ class Adapter:
         if isinstance(spec, BatchSpec):
             raise TypeError(f"{self.where(operation)} is a batch operation: use call_batch")
         response = self._exchange(operation, spec.build(self, payload), idempotency_key, request_id)
-        try:
-            error = self.classify(operation, response)
-            if error is not None:
-                raise error
-            return Reply(self.parse_response(spec, response), dict(response.headers))
-        except OperationError as exc:
-            exc.headers = dict(response.headers)
-            raise
+        return self._read(operation, response, lambda: Reply(self.parse_response(spec, response), {}))
 
     def call_batch(
         self, operation: str, items: Sequence[BatchItem], *, idempotency_key: str, request_id: str
@@ -240,10 +238,8 @@ class Adapter:
         (the provider refused or failed the whole call) is every item's."""
         spec = self.batch_spec(operation)
         response = self._exchange(operation, spec.build(self, items), idempotency_key, request_id)
-        try:
-            error = self.classify(operation, response)
-            if error is not None:
-                raise error
+
+        def read() -> BatchReply:
             results = {result.key: result for result in self.item_results(operation, items, response)}
             expected = {item.key for item in items}
             if set(results) != expected:
@@ -254,9 +250,21 @@ class Adapter:
                     status_code=response.status_code,
                     body=response_body(response),
                 )
-            return BatchReply(results, dict(response.headers))
+            return BatchReply(results, {})
+
+        return self._read(operation, response, read)
+
+    def _read(self, operation: str, response: requests.Response, read: Callable[[], Answered]) -> Answered:
+        """Classify the answer and read a success with ``read``; the answer's headers go with the reply
+        or the error (the guards read rate limits from both)."""
+        headers = dict(response.headers)
+        try:
+            error = self.classify(operation, response)
+            if error is not None:
+                raise error
+            return replace(read(), headers=headers)
         except OperationError as exc:
-            exc.headers = dict(response.headers)
+            exc.headers = headers
             raise
 
     def item_results(

@@ -8,13 +8,14 @@ input itself is wrong fail the item for good; any other category is retried.
 See https://developers.hubspot.com/docs/api-reference/error-handling (multi-status errors).
 
 HubSpot takes no idempotency key on batch create: an item whose call's answer is lost (a timeout, a cut
-connection) is sent again and may be created twice; a contact's e-mail address is unique in HubSpot, so such
-a repeat fails as a conflict rather than making a duplicate contact.
+connection) is sent again. A contact's e-mail address is unique in HubSpot, so such a repeat is answered
+with a conflict naming the existing contact, which after an unanswered call is read as that call's success
+(``{"id": <existing id>, "existing": true}``); a contact without an e-mail address may be created twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any, Literal
 
 import requests
@@ -27,6 +28,8 @@ from integrations.errors import ContractViolation, OperationError, ProviderRejec
 MAX_INPUTS = 100
 # Categories that say the input itself is wrong: sending it again cannot help.
 PERMANENT_CATEGORIES = frozenset({"VALIDATION_ERROR", "CONFLICT", "OBJECT_ALREADY_EXISTS", "INVALID_EMAIL"})
+# Categories that say the record exists already (``context.existingId`` names it).
+EXISTS_CATEGORIES = frozenset({"CONFLICT", "OBJECT_ALREADY_EXISTS"})
 
 
 class AssociationType(BaseModel):
@@ -137,8 +140,9 @@ class HubSpotAdapter(Adapter):
             answer = BatchCreateResponse.model_validate(response.json())
         except ValueError as exc:
             raise answer_mismatch(where, BatchCreateResponse, exc, response) from None
-        sent = {item.key for item in items}
+        sent = {item.key: item for item in items}
         failed: dict[str, OperationError] = {}
+        existing: dict[str, str] = {}  # sent again after a lost answer, and found created: its id
         for error in answer.errors:
             traces = [t for t in error.context.get("objectWriteTraceId", []) if t in sent]
             if not traces:
@@ -149,15 +153,20 @@ class HubSpotAdapter(Adapter):
                     body=response_body(response),
                 )
             for trace in traces:
-                failed[trace] = _item_error(where, trace, error)
-        created = _match_created(answer.results, items, failed)
-        if len(answer.results) != len(items) - len(failed) or created is None:
+                existing_id = error.context.get("existingId", [None])[0]
+                if error.category in EXISTS_CATEGORIES and existing_id and sent[trace].sent_unanswered:
+                    existing[trace] = existing_id
+                else:
+                    failed[trace] = _item_error(where, trace, error)
+        created = _match_created(answer.results, items, failed.keys() | existing.keys())
+        if len(answer.results) != len(items) - len(failed) - len(existing) or created is None:
             raise ContractViolation(
                 f"{where}: {len(answer.results)} created and {len(failed)} failed inputs do not add up to the "
                 f"{len(items)} sent (has the API changed?)",
                 status_code=response.status_code,
                 body=response_body(response),
             )
+        created |= {key: {"id": contact_id, "existing": True} for key, contact_id in existing.items()}
         return [
             ItemResult(item.key, failed[item.key])
             if item.key in failed
@@ -175,14 +184,17 @@ def _item_error(where: str, trace: str, error: BatchError) -> OperationError:
 
 
 def _match_created(
-    results: list[CreatedObject], items: Sequence[BatchItem], failed: dict[str, OperationError]
+    results: list[CreatedObject], items: Sequence[BatchItem], not_created: Set[str]
 ) -> dict[str, dict[str, Any]] | None:
     """Each created record by the key of its input: by ``objectWriteTraceId`` when HubSpot returns it,
-    else by e-mail address (unique among contacts), else by elimination when one input succeeded.
-    Records that cannot be matched leave the item's response empty; ``None`` if one matches no input."""
-    succeeded = [item for item in items if item.key not in failed]
+    else by e-mail address (unique among contacts), else by elimination when one input was created.
+    Records that cannot be matched leave the item's response empty; ``None`` if one matches no input
+    that could have been created."""
+    created_keys = [item.key for item in items if item.key not in not_created]
     by_email: dict[str, str] = {}
-    for item in succeeded:
+    for item in items:
+        if item.key in not_created:
+            continue
         assert isinstance(item.value, ContactInput)
         email = item.value.properties.get("email")
         if email:
@@ -190,11 +202,11 @@ def _match_created(
     created: dict[str, dict[str, Any]] = {}
     for record in results:
         key = record.objectWriteTraceId or by_email.get((record.properties.get("email") or "").lower())
-        if key is None and len(succeeded) == 1:
-            key = succeeded[0].key
+        if key is None and len(created_keys) == 1:
+            key = created_keys[0]
         if key is None:
             continue
-        if key in failed or key not in {item.key for item in succeeded}:
+        if key not in created_keys:
             return None
         created[key] = record.model_dump(mode="json", exclude={"objectWriteTraceId"})
     return created

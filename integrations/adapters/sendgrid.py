@@ -41,7 +41,7 @@ from integrations.errors import (
     ProviderRejected,
     TransientError,
 )
-from integrations.pipeline import MAX_KEY_LENGTH
+from integrations.ledger.models import MAX_KEY_LENGTH
 from integrations.resilience.backoff import parse_retry_after
 from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
 

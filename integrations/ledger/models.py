@@ -12,6 +12,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+# Idempotency keys, request ids and batch item keys: at most this long (the ledger's column).
+MAX_KEY_LENGTH = 255
+
 
 class OperationStatus(StrEnum):
     QUEUED = "queued"  # received, waiting for its (next) attempt
@@ -81,10 +84,10 @@ class Operation(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     provider: Mapped[str] = mapped_column(String(64))
     operation: Mapped[str] = mapped_column(String(64))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
     fingerprint: Mapped[str] = mapped_column(String(64))
     payload: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
-    request_id: Mapped[str | None] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     replays: Mapped[int] = mapped_column(Integer, default=0)

@@ -324,7 +324,7 @@ class Ledger:
     ) -> None:
         """Note that the operation waits (a guard deferred it) and until when; no attempt is used.
         ``takeover``: the message is a valid one taking over the key of an invalid one, whose row
-        becomes this operation's.
+        becomes this operation's. ``items``: a batch's item states, for a new row or a takeover.
 
         Best effort: if another worker changed the row meanwhile, its newer state stands."""
         now = self.clock()
@@ -348,6 +348,8 @@ class Ledger:
             "next_attempt_at": until,
             "lease_expires_at": None,
         }
+        if items is not None:
+            values["items"] = items
         if takeover:
             values |= {
                 "operation": operation,
@@ -357,7 +359,6 @@ class Ledger:
                 "attempts": 0,
                 "error": None,
                 "finished_at": None,
-                "items": items,
             }
         self._compare_and_set(record, values)
 

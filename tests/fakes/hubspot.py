@@ -36,6 +36,7 @@ class FakeHubSpot(FakeAPI):
         self.resent_after_success: Counter[str] = Counter()  # inputs sent again once created
         self.transient: dict[str, int] = {}  # objectWriteTraceId -> how many more times it fails (retryable)
         self.echo_trace_ids = False  # the documented example's results carry no objectWriteTraceId
+        self.lose_answers = 0  # this many calls are carried out and their answers lost
 
     def answer(self, request: Received) -> Answer:
         if request.header("authorization") != f"Bearer {self.token}":
@@ -68,13 +69,13 @@ class FakeHubSpot(FakeAPI):
             self.sent[trace] += 1
             if self.created[trace]:
                 self.resent_after_success[trace] += 1
-            email = entry["properties"].get("email", "")
+            email = entry["properties"].get("email")
             if self.transient.get(trace, 0) > 0:
                 self.transient[trace] -= 1
                 errors.append(error("RATE_LIMITS", "Too many writes to this record, try again later", trace))
-            elif "@" not in email:
+            elif email is not None and "@" not in email:
                 errors.append(error("INVALID_EMAIL", f"Email address {email} is invalid", trace))
-            elif email.lower() in self.contacts:
+            elif email is not None and email.lower() in self.contacts:
                 existing = self.contacts[email.lower()]
                 errors.append(
                     error(
@@ -86,7 +87,8 @@ class FakeHubSpot(FakeAPI):
                 )
             else:
                 contact_id = str(next(self.ids))
-                self.contacts[email.lower()] = contact_id
+                if email is not None:
+                    self.contacts[email.lower()] = contact_id
                 self.created[trace] += 1
                 record: dict[str, Any] = {
                     "id": contact_id,
@@ -105,6 +107,8 @@ class FakeHubSpot(FakeAPI):
             "startedAt": TIMESTAMP,
             "completedAt": TIMESTAMP,
         }
+        lost = self.lose_answers > 0
+        self.lose_answers -= lost
         if errors:
-            return Answer(207, body | {"numErrors": len(errors), "errors": errors})
-        return Answer(201, body)
+            return Answer(207, body | {"numErrors": len(errors), "errors": errors}, lost=lost)
+        return Answer(201, body, lost=lost)

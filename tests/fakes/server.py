@@ -36,11 +36,13 @@ class Received:
 
 @dataclass(frozen=True)
 class Answer:
-    """What the server sends back; a dict or list body is sent as JSON."""
+    """What the server sends back; a dict or list body is sent as JSON. ``lost``: the request is carried
+    out, then the connection closes before the answer (an answer lost in transit)."""
 
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    lost: bool = False
 
 
 class FakeAPI:
@@ -111,6 +113,9 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
                 body=self.rfile.read(length),
             )
             answer = api._respond(request)
+            if answer.lost:
+                self.close_connection = True
+                return
             body = answer.body
             if isinstance(body, dict | list):
                 data = json.dumps(body).encode()

@@ -19,8 +19,8 @@ def states(*spec: tuple[str, int]) -> list[ItemState]:
 
 
 def test_invalid_items_fail_at_once_and_the_others_are_queued() -> None:
-    items = [BatchItem("a", 0, None, "crm.batch_create: payload.items.0.email: bad"), BatchItem("b", 1, None)]
-    first, second = batch.initial_states(items)
+    items = [BatchItem("a", 0, None, "payload.items.0.email: bad"), BatchItem("b", 1, None)]
+    first, second = batch.initial_states(items, WHERE)
     assert (first.status, first.attempts, first.error and first.error.type) == (
         ItemStatus.FAILED,
         0,
@@ -73,13 +73,22 @@ def test_results_end_items_or_queue_them_again_while_attempts_remain() -> None:
     assert after[3].error is not None and after[3].error.type is ErrorType.PROVIDER_UNAVAILABLE
 
 
-def test_items_of_a_lost_call_are_queued_again_or_fail_if_it_was_their_last_attempt() -> None:
-    reopened = batch.reopen(
-        states(("running", 1), ("running", 3), ("succeeded", 1)), max_attempts=3, where=WHERE
-    )
-    assert [s.status for s in reopened] == [ItemStatus.QUEUED, ItemStatus.FAILED, ItemStatus.SUCCEEDED]
-    assert reopened[1].error is not None and reopened[1].error.type is ErrorType.RETRIES_EXHAUSTED
-    assert "the worker of the last one was lost" in reopened[1].error.message
+def test_items_of_a_lost_call_go_again_together_or_fail_if_it_was_their_last_attempt() -> None:
+    found = states(("queued", 0), ("running", 1), ("running", 3), ("running", 1), ("succeeded", 1))
+    reopened, chunk = batch.plan(found, max_items=10, max_attempts=3, where=WHERE)
+    assert [s.status for s in reopened] == [
+        ItemStatus.QUEUED,
+        ItemStatus.QUEUED,
+        ItemStatus.FAILED,
+        ItemStatus.QUEUED,
+        ItemStatus.SUCCEEDED,
+    ]
+    assert chunk == [1, 3]  # the lost call's items, before the fresh one
+    assert reopened[2].error is not None and reopened[2].error.type is ErrorType.RETRIES_EXHAUSTED
+    assert "the worker of the last one was lost" in reopened[2].error.message
+    assert batch.sent_unanswered(reopened[1]) and not batch.sent_unanswered(reopened[0])
+    # With nothing lost, the plan is the next chunk.
+    assert batch.plan(reopened, max_items=10, max_attempts=3, where=WHERE)[1] == [0]
 
 
 def test_a_round_goes_on_while_items_not_yet_sent_in_it_remain() -> None:
@@ -116,7 +125,18 @@ def test_a_replay_queues_the_failed_items_again_except_invalid_ones() -> None:
         attempts=3,
         error=ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="x"),
     )
-    assert batch.for_replay([invalid, done, rejected]) == [invalid, done, ItemState(key="no")]
+    sent_and_refused = ItemState(
+        key="no-2",
+        status=ItemStatus.FAILED,
+        attempts=1,
+        error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message="the request cannot be sent"),
+    )
+    assert batch.for_replay([invalid, done, rejected, sent_and_refused]) == [
+        invalid,
+        done,
+        ItemState(key="no"),
+        ItemState(key="no-2"),
+    ]
 
 
 def test_each_chunk_has_its_own_idempotency_key_stable_for_the_same_items() -> None:
