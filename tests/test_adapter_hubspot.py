@@ -28,9 +28,9 @@ from integrations.pipeline import (
     Retry,
 )
 from integrations.providers import ProviderSettings
+from tests.clock import Clock
 from tests.fakes.hubspot import PATH, FakeHubSpot
 from tests.fakes.server import Answer
-from tests.test_pipeline import Clock
 
 TOKEN = "pat-na1-canary-0123456789"
 OPERATION = "batch_create_contacts"

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from integrations.providers import ProviderSettings, parse_providers
 from integrations.resilience.breaker import SharedBreaker
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard
 from integrations.resilience.throttle import Throttle
+from tests.clock import Clock
 from tests.fakes.sendgrid import FakeSendGrid, error_body
 from tests.fakes.server import Answer
 
@@ -38,23 +39,6 @@ SENDER = {"email": "orders@example.com", "name": "Example Order Confirmation"}
 ATTACHMENT = base64.b64encode(b'<!DOCTYPE html>\n<html lang="en"></html>\n').decode()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def timestamp(self) -> float:
-        return self.now.timestamp()
-
-    def ms(self) -> int:
-        return int(self.now.timestamp() * 1000)
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture(autouse=True)
 def api_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
@@ -62,7 +46,7 @@ def api_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(datetime.now(UTC))
 
 
 @pytest.fixture

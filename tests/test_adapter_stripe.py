@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from integrations.providers import ProviderSettings, parse_providers
 from integrations.resilience.breaker import CLOSED, SharedBreaker
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard
 from integrations.resilience.throttle import Throttle
+from tests.clock import Clock
 from tests.fakes.server import Answer
 from tests.fakes.stripe import (
     API_ERROR_MESSAGE,
@@ -58,20 +58,6 @@ RATE_LIMITED = error(
     code="rate_limit",
     headers={"Stripe-Rate-Limited-Reason": "global-rate"},
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def ms(self) -> int:
-        return int(self.now.timestamp() * 1000)
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def stripe_provider(base_url: str, name: str = "stripe", **table: Any) -> ProviderSettings:

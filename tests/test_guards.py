@@ -24,20 +24,7 @@ from integrations.resilience.guards import BreakerGuard, ThrottleGuard
 from integrations.resilience.scripts import redis_client
 from integrations.resilience.throttle import Throttle
 from integrations.testing.provider import ProviderSimulator
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def ms(self) -> int:
-        return int(self.now.timestamp() * 1000)
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from tests.clock import Clock
 
 
 class Fleet:
@@ -66,7 +53,7 @@ class Fleet:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(datetime(2030, 1, 1, tzinfo=UTC))
 
 
 @pytest.fixture

@@ -30,17 +30,7 @@ from integrations.pipeline import (
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience.idempotency import fingerprint
 from integrations.testing.provider import ProviderSimulator
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from tests.clock import Clock
 
 
 @pytest.fixture

@@ -17,28 +17,16 @@ from integrations.ledger import models
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Ledger, OperationRecord, create_ledger_engine
 from integrations.resilience.idempotency import fingerprint
+from tests.clock import Clock
 
 LEASE = timedelta(seconds=35)
 PAYLOAD = {"method": "POST", "path": "/v1/charges", "json": {"amount": 500, "currency": "eur"}}
 T0 = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, now: datetime) -> None:
-        self.now = now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
