@@ -578,3 +578,26 @@ def test_a_rate_limit_pauses_stripe_for_the_whole_fleet(
     done = run(pipeline, "create_refund", {"charge": "ch_1NirD82eZvKYlo2CIvbtLWuY"}, "refund-23")
     assert isinstance(done, Done) and done.result["response"]["object"] == "refund"
     assert len(fake.received()) == 2
+
+
+def test_an_answer_stripe_changed_ends_failed_at_once_logged_as_an_api_change(
+    pipeline: OperationRunner, fake: FakeStripe, caplog: pytest.LogCaptureFixture
+) -> None:
+    changed = payment_intent("pi_3MtwBwLkdIwHu7ix28a3tqPa")
+    del changed["status"]
+    fake.script(Answer(200, changed))
+
+    with caplog.at_level(logging.ERROR, logger="integrations.operations"):
+        outcome = run(pipeline, "create_payment_intent", CONFIRMED, "order-30")
+
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.CONTRACT_VIOLATION
+    assert len(fake.received()) == 1
+    record = pipeline.ledger.find(pipeline.provider.name, "order-30")
+    assert record is not None and record.error is not None
+    assert record.error["body"]["id"] == "pi_3MtwBwLkdIwHu7ix28a3tqPa"  # kept, for the diagnosis
+    assert "client_secret" not in json.dumps(record.error["body"])
+    [logged] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged.startswith(
+        f"{pipeline.provider.name}.create_payment_intent key=order-30 operation_id={record.id}"
+    )
+    assert "the provider's API has changed (update the adapter)" in logged
