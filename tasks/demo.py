@@ -160,6 +160,8 @@ def providers_toml(simulator_url: str) -> str:
             f'[providers.{name}]\nadapter = "http"\nbase_url = "{simulator_url}"\ntimeout = 2.0\n'
             f'rate_limit = "50/s"\nburst = 50\n'
             f"[providers.{name}.retry]\nmax_attempts = 4\nbackoff_base = 0.2\nbackoff_max = 2.0\n"
+            # The provider-down messages open the breaker; it tries again after 2 s rather than 30.
+            f"[providers.{name}.breaker]\nreset_timeout = 2.0\n"
         )
     return "\n".join(tables)
 
