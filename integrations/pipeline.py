@@ -251,10 +251,11 @@ class OperationRunner:
                 if ended is None:
                     continue
                 return ended
+            taking_over = isinstance(decision, idempotency.Claim) and decision.takeover
             states: list[ItemState] | None = None
             chunk: list[int] = []
             if items is not None:
-                if record is None or record.items is None or getattr(decision, "takeover", False):
+                if record is None or record.items is None or taking_over:
                     states = batch.initial_states(items, self.where(delivery))
                 else:
                     states = batch.load(record.items)
@@ -279,7 +280,6 @@ class OperationRunner:
             )
             deferral = self._admit(attempt)
             if deferral is not None:
-                taking_over = isinstance(decision, idempotency.Claim) and decision.takeover
                 # A new row gets its items; an existing one keeps them as they are, so items of a lost call
                 # are still known as such at the next claim (and sent again together).
                 fresh = states is not None and (record is None or taking_over)
@@ -302,9 +302,7 @@ class OperationRunner:
                     items=started_items,
                 )
             else:
-                takeover = (
-                    (delivery.operation, request_fingerprint, message.payload) if decision.takeover else None
-                )
+                takeover = (delivery.operation, request_fingerprint, message.payload) if taking_over else None
                 claimed = self.ledger.claim(
                     decision.record,
                     lease=lease,

@@ -15,7 +15,7 @@ from integrations.errors import ProviderRejected
 from integrations.oauth import SharedOAuth2Token
 from integrations.providers import ProviderSettings, parse_providers
 from integrations.resilience.scripts import redis_client
-from tests.oauth_server import OAuthServer
+from tests.fakes.oauth import OAuthServer
 from tests.processes import at_once
 
 T0 = 1_900_000_000.0
