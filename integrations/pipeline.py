@@ -282,8 +282,8 @@ class OperationRunner:
             if deferral is not None:
                 # A new row gets its items; an existing one keeps them as they are, so items of a lost call
                 # are still known as such at the next claim (and sent again together).
-                fresh = states is not None and (record is None or taking_over)
-                waiting_items = batch.dump(states) if fresh and states is not None else None
+                fresh = record is None or taking_over
+                waiting_items = batch.dump(states) if states is not None and fresh else None
                 return self._deferred(
                     delivery, message, request_fingerprint, record, deferral, taking_over, waiting_items
                 )
