@@ -12,17 +12,17 @@ import redis
 from integrations.providers import BreakerSettings
 from integrations.resilience.breaker import CLOSED, HALF_OPEN, OPEN, SharedBreaker
 from integrations.resilience.scripts import redis_client
+from tests.clock import Clock
 from tests.processes import at_once
 
-T0 = 1_900_000_000_000  # ms
 
-
-def breaker(client: redis.Redis, name: str, clock: list[int], **settings: Any) -> SharedBreaker:
-    return SharedBreaker(client, name, BreakerSettings(**settings), probe_ttl=10, clock=lambda: clock[0])
+def breaker(client: redis.Redis, name: str, clock: Clock, **settings: Any) -> SharedBreaker:
+    """A provider's breaker on the test's clock, so nothing here waits for a timeout."""
+    return SharedBreaker(client, name, BreakerSettings(**settings), probe_ttl=10, clock=clock.ms)
 
 
 def test_opens_after_fail_max_consecutive_failures(shared_redis: redis.Redis, provider_name: str) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=3, reset_timeout=30)
     assert [b.record("t", failed=True) for _ in range(2)] == ["", ""]
     assert b.record("t", failed=False) == ""  # a success ends the run of failures
@@ -36,7 +36,7 @@ def test_opens_after_fail_max_consecutive_failures(shared_redis: redis.Redis, pr
 
 
 def test_opens_on_the_failure_rate_over_the_window(shared_redis: redis.Redis, provider_name: str) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=100, failure_rate=0.5, min_calls=10, window=10)
     outcomes = [b.record("t", failed=i % 2 == 0) for i in range(9)]  # 5 of 9 failed: too few calls yet
     assert "opened" not in outcomes
@@ -45,11 +45,11 @@ def test_opens_on_the_failure_rate_over_the_window(shared_redis: redis.Redis, pr
 
 
 def test_old_calls_leave_the_window(shared_redis: redis.Redis, provider_name: str) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=100, failure_rate=0.5, min_calls=4, window=10)
     for _ in range(3):
         b.record("t", failed=True)
-    clock[0] += 11_000  # those three are now older than the window
+    clock.advance(11)  # those three are now older than the window
     assert b.record("t", failed=True) == ""
     assert (b.status().window_calls, b.status().window_failures) == (1, 1)
 
@@ -57,10 +57,10 @@ def test_old_calls_leave_the_window(shared_redis: redis.Redis, provider_name: st
 def test_half_open_lets_one_probe_through_and_its_success_closes(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=1, reset_timeout=5)
     assert b.record("a", failed=True) == "opened"
-    clock[0] += 5_000
+    clock.advance(5)
     first, second = b.admit("probe"), b.admit("other")
     assert first.allowed and first.probe and first.state == HALF_OPEN
     assert not second.allowed and second.state == HALF_OPEN
@@ -73,31 +73,31 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(
 def test_a_failed_probe_opens_it_again_for_reset_timeout(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=1, reset_timeout=5)
     b.record("a", failed=True)
-    clock[0] += 5_000
+    clock.advance(5)
     assert b.admit("probe").probe
-    clock[0] += 1_000
+    clock.advance(1)
     assert b.record("probe", failed=True) == "opened"
     admission = b.admit("next")
     assert not admission.allowed and admission.wait == 5
 
 
 def test_a_lost_probe_is_replaced_after_its_ttl(shared_redis: redis.Redis, provider_name: str) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=1, reset_timeout=5)
     b.record("a", failed=True)
-    clock[0] += 5_000
+    clock.advance(5)
     assert b.admit("lost").probe
-    clock[0] += 10_000  # probe_ttl: its worker died
+    clock.advance(10)  # probe_ttl: its worker died
     assert b.admit("new").probe
 
 
 def test_a_maintenance_window_without_an_end_does_not_expire(
     shared_redis: redis.Redis, provider_name: str
 ) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock)
     b.force_open()
     b.record("late", failed=True)  # a call that was in flight when it was forced open
@@ -105,14 +105,14 @@ def test_a_maintenance_window_without_an_end_does_not_expire(
 
 
 def test_forced_open_and_close(shared_redis: redis.Redis, provider_name: str) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock)
     b.force_open()
     assert not b.admit("t").allowed and b.status().forced == "open"
     b.close()
     assert b.admit("t").allowed and b.status().forced is None
     b.force_open(60)
-    clock[0] += 61_000
+    clock.advance(61)
     assert b.admit("t").allowed  # the maintenance window ended by itself
 
 
@@ -133,9 +133,9 @@ def test_sixteen_processes_failing_at_once_lose_no_count_and_open_it_once(
     assert transitions == ["opened"] and status.transitions == 1 and status.state == OPEN
 
 
-def _admit(start: Any, results: Any, url: str, name: str, now: int) -> None:
+def _admit(start: Any, results: Any, url: str, name: str, clock: Clock) -> None:
     client = redis_client(url)
-    b = SharedBreaker(client, name, BreakerSettings(), probe_ttl=10, clock=lambda: now)
+    b = SharedBreaker(client, name, BreakerSettings(), probe_ttl=10, clock=clock.ms)
     start.wait()
     results.put(b.admit(f"token-{multiprocessing.current_process().pid}").probe)
 
@@ -143,8 +143,9 @@ def _admit(start: Any, results: Any, url: str, name: str, now: int) -> None:
 def test_half_open_lets_exactly_one_probe_through_across_processes(
     shared_redis: redis.Redis, redis_url: str, provider_name: str
 ) -> None:
-    clock = [T0]
+    clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=1, reset_timeout=30)
     assert b.record("a", failed=True) == "opened"
-    probes = at_once(_admit, 16, redis_url, provider_name, T0 + 31_000)
+    clock.advance(31)
+    probes = at_once(_admit, 16, redis_url, provider_name, clock)
     assert probes.count(True) == 1

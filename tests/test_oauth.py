@@ -11,14 +11,14 @@ import requests
 from pydantic import BaseModel
 
 from integrations.adapters.http import HttpAdapter
+from integrations.auth import OAuth2ClientCredentials, OAuth2RefreshToken
 from integrations.errors import ProviderRejected
 from integrations.oauth import SharedOAuth2Token
 from integrations.providers import ProviderSettings, parse_providers
 from integrations.resilience.scripts import redis_client
+from tests.clock import Clock
 from tests.fakes.oauth import OAuthServer
 from tests.processes import at_once
-
-T0 = 1_900_000_000.0
 
 
 @pytest.fixture
@@ -48,15 +48,16 @@ def secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_REFRESH_TOKEN", "refresh-1")
 
 
-def worker_token(client: redis.Redis, settings: ProviderSettings, clock: list[float]) -> SharedOAuth2Token:
-    assert settings.auth is not None and settings.auth.type.startswith("oauth2")
-    return SharedOAuth2Token(client, requests.Session(), settings.name, settings.auth, clock=lambda: clock[0])  # type: ignore[arg-type]
+def worker_token(client: redis.Redis, settings: ProviderSettings, clock: Clock) -> SharedOAuth2Token:
+    """One worker's view of the shared token, on the test's clock."""
+    assert isinstance(settings.auth, OAuth2ClientCredentials | OAuth2RefreshToken)
+    return SharedOAuth2Token(client, requests.Session(), settings.name, settings.auth, clock=clock.timestamp)
 
 
 def test_one_token_is_fetched_and_shared_by_every_worker(
     shared_redis: redis.Redis, provider_name: str, server: OAuthServer
 ) -> None:
-    clock = [T0]
+    clock = Clock()
     settings = provider(provider_name, server)
     first, second = worker_token(shared_redis, settings, clock), worker_token(shared_redis, settings, clock)
     assert first.headers() == second.headers() == {"Authorization": "Bearer access-1"}
@@ -68,19 +69,19 @@ def test_the_token_is_renewed_a_margin_before_it_expires(
     shared_redis: redis.Redis, provider_name: str, server: OAuthServer
 ) -> None:
     server.expires_in = 600
-    clock = [T0]
+    clock = Clock()
     token = worker_token(shared_redis, provider(provider_name, server, refresh_margin=300), clock)
     assert token.token() == "access-1"
-    clock[0] += 299
+    clock.advance(299)
     assert token.token() == "access-1"
-    clock[0] += 2  # within 300 s of expiry
+    clock.advance(2)  # within 300 s of expiry
     assert token.token() == "access-2"
 
 
 def api_adapter(client: redis.Redis, name: str, server: OAuthServer) -> tuple[HttpAdapter, BaseModel]:
     """An adapter of a worker whose provider takes the shared token, and a payload for its API."""
     settings = provider(name, server)
-    adapter = HttpAdapter(settings, requests.Session(), worker_token(client, settings, [T0]))
+    adapter = HttpAdapter(settings, requests.Session(), worker_token(client, settings, Clock()))
     return adapter, adapter.parse_payload("request", {"method": "GET", "path": "/api/me"})
 
 
@@ -110,7 +111,7 @@ def test_a_refused_client_is_named_without_its_secret(
     shared_redis: redis.Redis, provider_name: str, server: OAuthServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_OAUTH_SECRET", "wrong-secret-xyz")
-    clock = [T0]
+    clock = Clock()
     token = worker_token(shared_redis, provider(provider_name, server), clock)
     with pytest.raises(ProviderRejected) as caught:
         token.token()
@@ -123,7 +124,7 @@ def test_the_refresh_token_grant_keeps_a_rotated_refresh_token(
     shared_redis: redis.Redis, provider_name: str, server: OAuthServer
 ) -> None:
     server.rotate, server.expires_in = True, 600
-    clock = [T0]
+    clock = Clock()
     settings = provider(
         provider_name,
         server,
@@ -133,13 +134,13 @@ def test_the_refresh_token_grant_keeps_a_rotated_refresh_token(
     )
     token = worker_token(shared_redis, settings, clock)
     assert token.token() == "access-1"
-    clock[0] += 400
+    clock.advance(400)
     assert token.token() == "access-2"  # with the refresh token the first answer rotated in
     assert [r["refresh_token"] for r in server.token_requests] == ["refresh-1", "refresh-2"]
     assert server.token_requests[0]["client_id"] == "client-1"
 
 
-def _renew_at_expiry(start: Any, results: Any, url: str, name: str, server_url: str, now: float) -> None:
+def _renew_at_expiry(start: Any, results: Any, url: str, name: str, server_url: str, clock: Clock) -> None:
     import os
 
     os.environ["TEST_OAUTH_SECRET"] = "client-secret-1"
@@ -160,8 +161,10 @@ def _renew_at_expiry(start: Any, results: Any, url: str, name: str, server_url: 
         },
         source="providers.toml",
     )[name]
-    assert settings.auth is not None
-    token = SharedOAuth2Token(redis_client(url), requests.Session(), name, settings.auth, clock=lambda: now)  # type: ignore[arg-type]
+    assert isinstance(settings.auth, OAuth2ClientCredentials)
+    token = SharedOAuth2Token(
+        redis_client(url), requests.Session(), name, settings.auth, clock=clock.timestamp
+    )
     start.wait()
     results.put(token.token())
 
@@ -169,11 +172,11 @@ def _renew_at_expiry(start: Any, results: Any, url: str, name: str, server_url: 
 def test_four_workers_at_expiry_make_one_refresh(
     shared_redis: redis.Redis, redis_url: str, provider_name: str, server: OAuthServer
 ) -> None:
-    clock = [T0]
+    clock = Clock()
     assert worker_token(shared_redis, provider(provider_name, server), clock).token() == "access-1"
-    later = T0 + 3600 - 100  # inside the refresh margin, for every worker at once
-    tokens = at_once(_renew_at_expiry, 4, redis_url, provider_name, server.url, later)
+    clock.advance(3600 - 100)  # inside the refresh margin, for every worker at once
+    tokens = at_once(_renew_at_expiry, 4, redis_url, provider_name, server.url, clock)
     assert len(server.token_requests) == 2  # one refresh for the four
     # Those that found the refresh under way went on with the old token, still valid for 100 s.
     assert set(tokens) <= {"access-1", "access-2"} and "access-2" in tokens
-    assert worker_token(shared_redis, provider(provider_name, server), [later]).token() == "access-2"
+    assert worker_token(shared_redis, provider(provider_name, server), clock).token() == "access-2"

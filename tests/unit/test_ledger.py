@@ -434,7 +434,7 @@ def test_prune_deletes_ended_operations_past_retention(timed: Ledger, clock: Clo
 
 def test_timestamps_come_back_as_aware_utc(ledger_url: str) -> None:
     local = T0.astimezone(timezone(timedelta(hours=5, minutes=30)))
-    ledger = Ledger.connect(ledger_url, clock=lambda: local)
+    ledger = Ledger.connect(ledger_url, clock=Clock(local))
     try:
         record = ended(ledger, "charge-1", OperationStatus.SUCCEEDED)
         stored = ledger.get(record.id)
