@@ -11,20 +11,17 @@ import contextlib
 import hashlib
 import json
 import math
-import socket
-import sys
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from integrations.testing.http_server import KeepAliveHandler, LocalHTTPServer
+
 _NO_BODY_STATUSES = frozenset({204, 304})
-_POLL_INTERVAL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +205,7 @@ def _parse_json(body: bytes) -> Any:
         return None
 
 
-class ProviderSimulator:
+class ProviderSimulator(LocalHTTPServer):
     """A threaded local HTTP provider whose behaviour each request picks with query parameters.
 
     Any method, any path. ``ok_status=201`` changes the success status; ``status=422`` always answers that
@@ -232,60 +229,11 @@ class ProviderSimulator:
         self._rate_limit: _RateLimit | None = None
         self._path_arrivals: dict[str, _Arrivals] = {}
         self._stopping = threading.Event()
-        self._server = _Server((host, port), self)
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def start(self) -> ProviderSimulator:
-        with self._lock:
-            if self._stopped:
-                raise RuntimeError("a stopped ProviderSimulator cannot be restarted; create a new one")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._server.serve_forever,
-                    kwargs={"poll_interval": _POLL_INTERVAL},
-                    name=f"provider-simulator-{self.port}",
-                    daemon=True,
-                )
-                self._thread.start()
-        return self
+        super().__init__(_handler(self), host, port)
 
     def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            thread = self._thread
-        self._stopping.set()
-        if thread is not None:
-            self._server.shutdown()
-            thread.join()
-        self._server.server_close()
-        self._server.close_connections()
-
-    def __enter__(self) -> ProviderSimulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def host(self) -> str:
-        return str(self._server.server_address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        self._stopping.set()  # wakes the handlers that stall (delay, trickle) so they end at once
+        super().stop()
 
     def calls(self, path: str | None = None, idempotency_key: str | None = None) -> list[RecordedRequest]:
         with self._lock:
@@ -467,57 +415,11 @@ def _canonical_query(query: dict[str, str]) -> str:
     return "&".join(f"{name}={value}" for name, value in sorted(query.items()))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = (
-        128  # the default 5 drops a fleet's concurrent connects, which then retry a second later
-    )
-
-    def __init__(self, address: tuple[str, int], simulator: ProviderSimulator) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.simulator = simulator
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        self._closing = False
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            if self._closing:
-                return
-            self._connections.add(request)
-        try:
-            super().finish_request(request, client_address)
-        finally:
-            with self._connections_lock:
-                self._connections.discard(request)
-
-    def close_connections(self) -> None:
-        """Wake handler threads parked on idle keep-alive connections so clients see the server go away."""
-        with self._connections_lock:
-            self._closing = True
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
+class _Handler(KeepAliveHandler):
+    simulator: ProviderSimulator  # set on the subclass each simulator serves
 
     def version_string(self) -> str:
         return "ProviderSimulator/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def _serve(self) -> None:
         received_at = time.monotonic()
@@ -527,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
             lowered = name.lower()
             headers[lowered] = f"{headers[lowered]}, {value}" if lowered in headers else value
         try:
-            body = self._read_body()
+            body = self.read_body()
         except ValueError:
             self.close_connection = True
             self._write(_Response(400, _error_body(400, "malformed request body", "bad_request")))
@@ -541,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
             json=_parse_json(body),
             received_at=received_at,
         )
-        simulator = self.server.simulator
+        simulator = self.simulator
         response = simulator._handle(request)
         if response.delay:
             simulator._wait(response.delay)
@@ -549,22 +451,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._write(response)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline(65537).split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65537)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length < 0:
-            raise ValueError("negative Content-Length")
-        return self.rfile.read(length) if length else b""
 
     def _write(self, response: _Response) -> None:
         self.send_response(response.status)
@@ -582,7 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
                 for start in range(0, len(response.body), step):
                     self.wfile.write(response.body[start : start + step])
                     self.wfile.flush()
-                    self.server.simulator._wait(response.trickle / pieces)
+                    self.simulator._wait(response.trickle / pieces)
                 return
             if response.cut:
                 self.wfile.write(response.body[: len(response.body) // 2])
@@ -598,6 +484,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_PATCH = _serve
     do_DELETE = _serve
     do_OPTIONS = _serve
+
+
+def _handler(simulator: ProviderSimulator) -> type[_Handler]:
+    """The handler class serving ``simulator``'s requests."""
+    return type("SimulatorHandler", (_Handler,), {"simulator": simulator})
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ import json
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from integrations.testing.http_server import KeepAliveHandler, LocalHTTPServer
 
 
 @dataclass(frozen=True)
@@ -45,35 +45,14 @@ class Answer:
     lost: bool = False
 
 
-class FakeAPI:
+class FakeAPI(LocalHTTPServer):
     """Subclasses implement ``answer``; ``script`` queues answers that take precedence, in order."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.scripted: deque[Answer] = deque()
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(_handler(self))
 
     def script(self, *answers: Answer) -> None:
         with self.lock:
@@ -95,22 +74,18 @@ class FakeAPI:
             return self.answer(request)
 
 
-def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _handler(api: FakeAPI) -> type[KeepAliveHandler]:
+    """The handler class serving ``api``'s requests."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    class Handler(KeepAliveHandler):
         def _serve(self) -> None:
             parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
             request = Received(
                 method=self.command,
                 path=parts.path,
                 query=dict(parse_qsl(parts.query, keep_blank_values=True)),
                 headers={name.lower(): value for name, value in self.headers.items()},
-                body=self.rfile.read(length),
+                body=self.read_body(),
             )
             answer = api._respond(request)
             if answer.lost:

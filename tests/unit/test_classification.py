@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from integrations.adapters.http import HttpAdapter, HttpRequest, HttpResponse
 from integrations.errors import ErrorType, InvalidRequest, ProviderRejected, TransientError
 from integrations.providers import ProviderSettings
 from integrations.resilience.backoff import MAX_RETRY_AFTER
+from integrations.testing.http_server import KeepAliveHandler, LocalHTTPServer
 from integrations.testing.provider import ProviderSimulator
 
 WHERE = "acme.request"
@@ -46,13 +45,8 @@ def adapter(simulator: ProviderSimulator, session: requests.Session) -> HttpAdap
     return HttpAdapter(provider(simulator.url), session)
 
 
-class _TextHandler(BaseHTTPRequestHandler):
+class _TextHandler(KeepAliveHandler):
     """Answers a body the simulator cannot: long plain text, or broken JSON labelled as JSON."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         if self.path == "/long":
@@ -70,16 +64,8 @@ class _TextHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def text_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _TextHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with LocalHTTPServer(_TextHandler) as server:
+        yield server.url
 
 
 # -- classify_http_response ------------------------------------------------------------------------
