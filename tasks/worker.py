@@ -41,9 +41,11 @@ def running_worker(
     loglevel: str = "WARNING",
     startup_timeout: float = 60.0,
     app_module: str = "config.celery_app",
+    python: str = sys.executable,
 ) -> Iterator[WorkerProcess]:
     """A worker of ``app_module`` on ``queues``, ready (it answered a ping through ``app``) when the block
-    starts, stopped with a warm shutdown when it ends. Its output goes to ``folder/<node>.log``."""
+    starts, stopped with a warm shutdown when it ends. Its output goes to ``folder/<node>.log``.
+    ``python`` is the interpreter it runs on: another environment's, to run the project as installed there."""
     name = f"worker-{uuid.uuid4().hex[:8]}"
     node = f"{name}@localhost"
     command = ["celery", "-A", app_module, "worker", "-Q", ",".join(queues), "-c", str(concurrency)]
@@ -53,7 +55,7 @@ def running_worker(
         # Run from `folder`: celery puts the working directory first on sys.path, and a stray "tasks" or
         # "config" folder there would shadow the installed packages.
         process = subprocess.Popen(
-            [sys.executable, "-m", *command, *options],
+            [python, "-m", *command, *options],
             env=dict(env),
             cwd=folder,
             stdin=subprocess.DEVNULL,

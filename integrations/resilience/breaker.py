@@ -88,10 +88,7 @@ class SharedBreaker:
         self.window_key = keys.breaker_window(provider)
         self._admit = script(client, "breaker_admit")
         self._record = script(client, "breaker_record")
-        self._release = client.register_script(
-            "if redis.call('HGET', KEYS[1], 'probe') == ARGV[1] then "
-            "redis.call('HSET', KEYS[1], 'probe', '', 'probe_until', 0) end"
-        )
+        self._release = script(client, "breaker_release")
 
     def admit(self, token: str) -> Admission:
         verdict, wait_ms, state = self._admit(
