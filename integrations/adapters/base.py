@@ -390,6 +390,33 @@ def classify_http_response(where: str, response: requests.Response) -> Operation
     )
 
 
+def reclassified(
+    error: OperationError,
+    response: requests.Response,
+    kind: type[OperationError],
+    message: str,
+    *,
+    error_type: ErrorType | None = None,
+) -> OperationError:
+    """``error`` re-typed as ``kind``, where a provider's own rule overrides HTTP's (an answer it says to
+    retry, or not to): same status, body and headers; ``error_type`` or the kind's own type; a retried
+    kind keeps the error's ``retry_after`` or reads the answer's ``Retry-After``, a rejection has none."""
+    retry_after = None
+    if kind.retryable:
+        retry_after = error.retry_after
+        if retry_after is None:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    again = kind(
+        message,
+        error_type=error_type,
+        status_code=error.status_code,
+        body=error.body,
+        retry_after=retry_after,
+    )
+    again.headers = error.headers
+    return again
+
+
 def response_body(response: requests.Response) -> Any:
     """The body for diagnosis: parsed JSON when it is JSON, else text, cut to ``MAX_BODY_CHARS``."""
     content_type = response.headers.get("Content-Type", "")

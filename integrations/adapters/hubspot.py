@@ -117,6 +117,8 @@ class HubSpotAdapter(Adapter):
         return HttpCall("POST", "/crm/v3/objects/contacts/batch/create", json={"inputs": inputs})
 
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
+        """The base classification with HubSpot's words (its ``category`` and ``message`` name the property
+        or limit at fault) and, for a 401/403, the token and scope to check."""
         error = super().classify(operation, response)
         if error is None:
             return None

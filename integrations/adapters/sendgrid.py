@@ -34,15 +34,8 @@ from integrations.adapters.base import (
     operation,
     response_body,
 )
-from integrations.errors import (
-    ContractViolation,
-    ErrorType,
-    OperationError,
-    ProviderRejected,
-    TransientError,
-)
+from integrations.errors import ContractViolation, ErrorType, OperationError
 from integrations.ledger.models import MAX_KEY_LENGTH
-from integrations.resilience.backoff import parse_retry_after
 from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
 
 log = logging.getLogger("integrations.adapters.sendgrid")
@@ -417,36 +410,22 @@ class SendGridAdapter(Adapter):
         return super().call(operation, payload, idempotency_key=idempotency_key, request_id=request_id)
 
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
-        """SendGrid's answers: 2xx success; 401/403 a key or scope problem; 429 and 5xx retried (a 429 not
-        before ``Retry-After``, else ``X-RateLimit-Reset``); any other 4xx rejects the message. The
-        messages quote SendGrid's ``errors`` (field: message)."""
-        status = response.status_code
-        if 200 <= status < 300:
+        """The base classification in SendGrid's words, quoting its ``errors`` (field: message), with what
+        to do: a 429 waits for ``Retry-After``, else ``X-RateLimit-Reset``; a 401/403 names the key, its
+        scopes and the Sender Identity; any other rejection says to correct the message."""
+        error = super().classify(operation, response)
+        if error is None:
             return None
-        where = self.where(operation)
-        body = response_body(response)
-        said = quote_errors(body)
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if retry_after is None:
+        where, status = self.where(operation), response.status_code
+        said = f"HTTP {status}: {quote_errors(error.body)}"
+        if error.error_type is ErrorType.RATE_LIMITED:
+            if error.retry_after is None:  # SendGrid names the end of its rate-limit period instead
                 quota = parse_rate_limit_headers(response.headers)
-                retry_after = quota.reset_after if quota is not None else None
-            return TransientError(
-                f"{where}: rate limited by SendGrid (HTTP 429: {said}); retried after its reset",
-                error_type=ErrorType.RATE_LIMITED,
-                status_code=status,
-                body=body,
-                retry_after=retry_after,
-            )
-        if status == 408 or status >= 500:
-            return TransientError(
-                f"{where}: SendGrid unavailable (HTTP {status}: {said})",
-                error_type=ErrorType.TIMEOUT if status == 408 else ErrorType.PROVIDER_UNAVAILABLE,
-                status_code=status,
-                body=body,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        if status in (401, 403):
+                error.retry_after = quota.reset_after if quota is not None else None
+            error.message = f"{where}: rate limited by SendGrid ({said}); retried after its reset"
+        elif error.retryable:
+            error.message = f"{where}: SendGrid unavailable ({said})"
+        elif status in (401, 403):
             what = "did not accept the API key" if status == 401 else "refused the send"
             advice = (
                 f"check the provider's API key ([providers.{self.provider.name}.auth]) and its scopes: "
@@ -454,21 +433,16 @@ class SendGridAdapter(Adapter):
             )
             if status == 403:
                 advice += "; and the from address must be a verified Sender Identity"
-            return ProviderRejected(
-                f"{where}: SendGrid {what} (HTTP {status}: {said}); {advice}",
-                status_code=status,
-                body=body,
-            )
-        advice = "correct the message and send it under a new idempotency key"
-        if status == 413:
-            advice = (
-                "the message is too large (SendGrid takes less than 30 MB, attachments included); " + advice
-            )
-        return ProviderRejected(
-            f"{where}: SendGrid rejected the message (HTTP {status}: {said}); {advice}",
-            status_code=status,
-            body=body,
-        )
+            error.message = f"{where}: SendGrid {what} ({said}); {advice}"
+        else:
+            advice = "correct the message and send it under a new idempotency key"
+            if status == 413:
+                advice = (
+                    "the message is too large (SendGrid takes less than 30 MB, attachments included); "
+                    + advice
+                )
+            error.message = f"{where}: SendGrid rejected the message ({said}); {advice}"
+        return error
 
     def parse_response(self, spec: OperationSpec, response: requests.Response) -> BaseModel:
         """202 (queued) and 200 (sandbox mode: valid, not queued) are what Mail Send documents; any other

@@ -25,6 +25,7 @@ from integrations.adapters.base import (
     OperationSpec,
     answer_mismatch,
     operation,
+    reclassified,
     response_body,
 )
 from integrations.errors import (
@@ -33,7 +34,6 @@ from integrations.errors import (
     ProviderRejected,
     TransientError,
 )
-from integrations.resilience.backoff import parse_retry_after
 
 # Stripe's metadata limits: 50 keys, keys up to 40 characters without square brackets, values up to 500.
 MAX_METADATA_KEYS = 50
@@ -239,12 +239,13 @@ class _ErrorBody(_Object):
 
 @dataclass(frozen=True)
 class _Verdict:
-    """What an error answer means before ``Stripe-Should-Retry`` has its say."""
+    """Stripe's reading of an error answer, before ``Stripe-Should-Retry`` has its say: the problem in its
+    words and, where Stripe's rules differ from HTTP's, whether it is retried and as what."""
 
-    retry: bool
     what: str  # the problem in Stripe's words, after "<provider>.<operation>: "
     hint: str = ""  # what to do, when it is not retried
-    error_type: ErrorType = ErrorType.PROVIDER_UNAVAILABLE  # when retried
+    retry: bool | None = None  # None: as the base classification says
+    error_type: ErrorType | None = None  # when retried; None: the base classification's
 
 
 class StripeAdapter(Adapter):
@@ -276,47 +277,43 @@ class StripeAdapter(Adapter):
         )
 
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
-        """Stripe's status codes and error bodies, as its own libraries read them; ``Stripe-Should-Retry``
-        (``true``/``false``), when present, decides whether the answer is retried."""
-        status = response.status_code
-        if 200 <= status < 300:
+        """The base classification in Stripe's words and by Stripe's rules, as its own libraries read
+        answers: conflicts and ``rate_limit`` codes are retried, a lock timeout is no rate limit, and
+        ``Stripe-Should-Retry`` (``true``/``false``), when present, decides whether the answer is retried."""
+        error = super().classify(operation, response)
+        if error is None:
             return None
-        where = self.where(operation)
-        body = without_secrets(response_body(response))
-        verdict = self._verdict(status, _error_detail(body), response.headers)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        status = response.status_code
+        error.body = without_secrets(error.body)
+        verdict = self._verdict(status, _error_detail(error.body), response.headers)
+        # HTTP retries a 408; Stripe documents none and its libraries do not retry one.
+        retry = verdict.retry if verdict.retry is not None else error.retryable and status != 408
+        what = f"{self.where(operation)}: {verdict.what}"
         should_retry = response.headers.get("Stripe-Should-Retry")
-        if should_retry == "false" and verdict.retry:
+        if should_retry == "false" and retry:
             hint = "Stripe answered Stripe-Should-Retry: false (another attempt would have no further effect)"
             if status >= 500:
                 hint += "; its outcome is uncertain: check the object in the Stripe Dashboard"
-            return ProviderRejected(f"{where}: {verdict.what}; {hint}", status_code=status, body=body)
-        if should_retry == "true" and not verdict.retry:
-            return TransientError(
-                f"{where}: {verdict.what}; Stripe answered Stripe-Should-Retry: true",
-                status_code=status,
-                body=body,
-                retry_after=retry_after,
+            return reclassified(error, response, ProviderRejected, f"{what}; {hint}")
+        if should_retry == "true" and not retry:
+            return reclassified(
+                error, response, TransientError, f"{what}; Stripe answered Stripe-Should-Retry: true"
             )
-        if verdict.retry:
-            return TransientError(
-                f"{where}: {verdict.what}",
-                error_type=verdict.error_type,
-                status_code=status,
-                body=body,
-                retry_after=retry_after,
-            )
+        if retry:
+            error_type = verdict.error_type or error.error_type
+            return reclassified(error, response, TransientError, what, error_type=error_type)
         hint = f"; {verdict.hint}" if verdict.hint else ""
-        return ProviderRejected(f"{where}: {verdict.what}{hint}", status_code=status, body=body)
+        return reclassified(error, response, ProviderRejected, what + hint)
 
     def _verdict(self, status: int, detail: _ErrorDetail | None, headers: Mapping[str, str]) -> _Verdict:
+        """What Stripe's status, error type and code say; only conflicts and ``rate_limit`` codes on a
+        status HTTP would not retry change whether the answer is retried."""
         said = _stripe_said(status, detail)
         kind = detail.type if detail else None
         code = detail.code if detail else None
         if status == 401:
             # Stripe's message quotes the key (masked); the key is the operator's business, not the log's.
             return _Verdict(
-                retry=False,
                 what="Stripe did not accept the API key (HTTP 401)",
                 hint=(
                     f"check the provider's secret key ([providers.{self.provider.name}.auth] secret) on "
@@ -327,7 +324,6 @@ class StripeAdapter(Adapter):
             # Lock contention on one object, not a rate limit: the fleet is not paused for it, and the
             # breaker does not count it.
             return _Verdict(
-                retry=True,
                 error_type=ErrorType.RESOURCE_LOCKED,
                 what=(
                     f"the object is locked by another request or Stripe process ({said}); if this "
@@ -350,16 +346,14 @@ class StripeAdapter(Adapter):
                 error_type=ErrorType.RESOURCE_LOCKED,
             )
         if status >= 500:
-            return _Verdict(retry=True, what=f"Stripe server error ({said})")
+            return _Verdict(what=f"Stripe server error ({said})")
         if kind == "idempotency_error":
             return _Verdict(
-                retry=False,
                 what=f"Stripe refused the idempotency key ({said})",
                 hint="Stripe saw this key with other parameters: use a new key for a new operation",
             )
         if status == 402 or kind == "card_error":
             return _Verdict(
-                retry=False,
                 what=f"the payment failed ({said})",
                 hint=(
                     "Stripe keeps this answer for this idempotency key: ask the customer for another "
@@ -368,17 +362,15 @@ class StripeAdapter(Adapter):
             )
         if status == 403:
             return _Verdict(
-                retry=False,
                 what=f"the API key may not do this ({said})",
                 hint="give the provider's key this permission (restricted keys) or use another key",
             )
         if status in (400, 404) or kind == "invalid_request_error":
             return _Verdict(
-                retry=False,
                 what=f"Stripe refused the request as invalid ({said})",
                 hint="correct the payload and send it under a new idempotency key",
             )
-        return _Verdict(retry=False, what=f"Stripe rejected the request ({said})")
+        return _Verdict(what=f"Stripe rejected the request ({said})")
 
     def parse_response(self, spec: OperationSpec, response: requests.Response) -> BaseModel:
         """The answer without client secrets, parsed into the operation's model; a mismatch is a

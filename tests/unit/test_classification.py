@@ -10,13 +10,22 @@ from typing import Any
 import pytest
 import requests
 
-from integrations.adapters.base import MAX_BODY_CHARS, classify_http_response, response_body
+from integrations.adapters.base import (
+    MAX_BODY_CHARS,
+    classify_http_response,
+    reclassified,
+    response_body,
+)
 from integrations.adapters.http import HttpAdapter, HttpRequest, HttpResponse
+from integrations.adapters.stripe import StripeAdapter
 from integrations.errors import ErrorType, InvalidRequest, ProviderRejected, TransientError
 from integrations.providers import ProviderSettings
 from integrations.resilience.backoff import MAX_RETRY_AFTER
 from integrations.testing.http_server import KeepAliveHandler, LocalHTTPServer
 from integrations.testing.provider import ProviderSimulator
+from tests.fakes.server import Answer
+from tests.fakes.stripe import RATE_LIMIT_MESSAGE, FakeStripe
+from tests.fakes.stripe import error as stripe_error
 
 WHERE = "acme.request"
 # An hour ahead, whole seconds, as an HTTP date.
@@ -178,6 +187,116 @@ def test_rejected_statuses(simulator: ProviderSimulator, session: requests.Sessi
     assert error.status_code == status
     assert error.body == error_body(status)
     assert error.message == f"{WHERE}: provider rejected the request (HTTP {status})"
+
+
+# -- reclassified: a provider's rule over HTTP's ----------------------------------------------------
+
+
+def test_a_transient_answer_reclassified_as_a_rejection_keeps_the_answer_and_waits_for_nothing(
+    simulator: ProviderSimulator, session: requests.Session
+) -> None:
+    response = session.get(
+        f"{simulator.url}/v1/orders", params={"status": "503", "retry_after": "3"}, timeout=5
+    )
+    error = classify_http_response(WHERE, response)
+    assert isinstance(error, TransientError) and error.retry_after == 3.0
+    error.headers = {"Request-Id": "req-1"}
+
+    rejected = reclassified(error, response, ProviderRejected, f"{WHERE}: the provider says not to retry")
+
+    assert isinstance(rejected, ProviderRejected) and not rejected.retryable
+    assert rejected.error_type is ErrorType.PROVIDER_REJECTED
+    assert rejected.message == f"{WHERE}: the provider says not to retry"
+    assert (rejected.status_code, rejected.body) == (503, error_body(503))
+    assert rejected.headers == {"Request-Id": "req-1"}
+    assert rejected.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("error_type", "expected"),
+    [(None, ErrorType.PROVIDER_UNAVAILABLE), (ErrorType.RESOURCE_LOCKED, ErrorType.RESOURCE_LOCKED)],
+)
+def test_a_rejection_reclassified_as_transient_waits_for_the_answers_retry_after(
+    simulator: ProviderSimulator,
+    session: requests.Session,
+    error_type: ErrorType | None,
+    expected: ErrorType,
+) -> None:
+    response = session.post(f"{simulator.url}/v1/orders?status=409&retry_after=4", json={}, timeout=5)
+    error = classify_http_response(WHERE, response)
+    assert isinstance(error, ProviderRejected) and error.retry_after is None
+
+    retried = reclassified(error, response, TransientError, f"{WHERE}: busy", error_type=error_type)
+
+    assert isinstance(retried, TransientError) and retried.retryable
+    assert retried.error_type is expected
+    assert (retried.message, retried.status_code, retried.body) == (f"{WHERE}: busy", 409, error_body(409))
+    assert retried.retry_after == 4.0
+
+
+def test_a_reclassified_error_keeps_the_wait_a_provider_refined(
+    simulator: ProviderSimulator, session: requests.Session
+) -> None:
+    response = session.get(
+        f"{simulator.url}/v1/orders", params={"status": "429", "retry_after": "5"}, timeout=5
+    )
+    error = classify_http_response(WHERE, response)
+    assert error is not None
+    error.retry_after = 30.0  # as an adapter sets it from the provider's own rate-limit headers
+
+    retried = reclassified(
+        error, response, TransientError, f"{WHERE}: limited", error_type=ErrorType.RATE_LIMITED
+    )
+
+    assert retried.retry_after == 30.0
+
+
+# -- Stripe's rules where they differ from HTTP's --------------------------------------------------
+
+
+def stripe_answer(session: requests.Session, answer: Answer) -> requests.Response:
+    with FakeStripe("sk_test_classification") as fake:
+        fake.script(answer)
+        return session.post(f"{fake.url}/v1/payment_intents", data={"amount": "100"}, timeout=5)
+
+
+def stripe_adapter(session: requests.Session) -> StripeAdapter:
+    settings = ProviderSettings.model_validate(
+        {"name": "stripe", "adapter": "stripe", "base_url": "http://127.0.0.1:9"}
+    )
+    return StripeAdapter(settings, session)
+
+
+def test_stripe_retries_a_rate_limit_answered_as_400_as_a_rate_limit(session: requests.Session) -> None:
+    # Stripe used to answer rate limits with 400 rate_limit; HTTP alone would reject it.
+    response = stripe_answer(
+        session,
+        stripe_error(
+            400, "invalid_request_error", RATE_LIMIT_MESSAGE, code="rate_limit", headers={"Retry-After": "2"}
+        ),
+    )
+    assert isinstance(classify_http_response(WHERE, response), ProviderRejected)
+
+    error = stripe_adapter(session).classify("create_payment_intent", response)
+
+    assert isinstance(error, TransientError) and error.error_type is ErrorType.RATE_LIMITED
+    assert (error.status_code, error.retry_after) == (400, 2.0)
+    assert error.message == (
+        "stripe.create_payment_intent: rate limited by Stripe (HTTP 400 invalid_request_error/rate_limit: "
+        f"{RATE_LIMIT_MESSAGE})"
+    )
+
+
+def test_stripe_fails_a_408_at_once_though_http_would_retry_it(session: requests.Session) -> None:
+    response = stripe_answer(session, stripe_error(408, "api_error", "Request timed out"))
+    assert isinstance(classify_http_response(WHERE, response), TransientError)
+
+    error = stripe_adapter(session).classify("create_payment_intent", response)
+
+    assert isinstance(error, ProviderRejected) and not error.retryable
+    assert error.message == (
+        "stripe.create_payment_intent: Stripe rejected the request (HTTP 408 api_error: Request timed out)"
+    )
 
 
 def test_response_body_truncates_long_text(text_server: str, session: requests.Session) -> None:
