@@ -27,10 +27,10 @@ from integrations.pipeline import (
     Outcome,
     Retry,
 )
-from integrations.providers import ProviderSettings
 from tests.clock import Clock
 from tests.fakes.hubspot import PATH, FakeHubSpot
 from tests.fakes.server import Answer
+from tests.providers import provider_settings
 
 TOKEN = "pat-na1-canary-0123456789"
 OPERATION = "batch_create_contacts"
@@ -47,15 +47,13 @@ def runner(
     ledger_url: str, hubspot: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[OperationRunner]:
     monkeypatch.setenv("HUBSPOT_TOKEN", TOKEN)
-    provider = ProviderSettings.model_validate(
-        {
-            "name": "hubspot",
-            "adapter": "hubspot",
-            "base_url": hubspot.url,
-            "timeout": 2.0,
-            "auth": {"type": "bearer", "secret": "env:HUBSPOT_TOKEN"},
-            "retry": {"max_attempts": 3, "backoff_base": 1.0, "backoff_max": 10.0},
-        }
+    provider = provider_settings(
+        "hubspot",
+        adapter="hubspot",
+        base_url=hubspot.url,
+        timeout=2.0,
+        auth={"type": "bearer", "secret": "env:HUBSPOT_TOKEN"},
+        retry={"max_attempts": 3, "backoff_base": 1.0, "backoff_max": 10.0},
     )
     session = requests.Session()
     clock = Clock()

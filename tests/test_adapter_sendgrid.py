@@ -25,13 +25,14 @@ from integrations.errors import ContractViolation, ErrorType, InvalidRequest, Pr
 from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.store import Ledger
 from integrations.pipeline import Defer, Delivery, Done, Failed, OperationRunner, Outcome, Retry
-from integrations.providers import ProviderSettings, parse_providers
+from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import SharedBreaker
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard
 from integrations.resilience.throttle import Throttle
 from tests.clock import Clock
 from tests.fakes.sendgrid import FakeSendGrid, error_body
 from tests.fakes.server import Answer
+from tests.providers import provider_settings
 
 # A made-up key of the shape of SendGrid's (69 characters).
 API_KEY = "SG.fakeKeyOfTheTestAccoun.0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
@@ -56,14 +57,14 @@ def sendgrid(clock: Clock) -> Iterator[FakeSendGrid]:
 
 
 def provider(name: str, base_url: str) -> ProviderSettings:
-    table = {
-        "adapter": "sendgrid",
-        "base_url": base_url,
-        "timeout": 2.0,
-        "auth": {"type": "bearer", "secret": "env:SENDGRID_API_KEY"},
-        "retry": {"max_attempts": 4, "backoff_base": 0.1, "backoff_max": 1.0},
-    }
-    return parse_providers({"providers": {name: table}}, source="providers.toml")[name]
+    return provider_settings(
+        name,
+        adapter="sendgrid",
+        base_url=base_url,
+        timeout=2.0,
+        auth={"type": "bearer", "secret": "env:SENDGRID_API_KEY"},
+        retry={"max_attempts": 4, "backoff_base": 0.1, "backoff_max": 1.0},
+    )
 
 
 @pytest.fixture

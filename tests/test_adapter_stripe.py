@@ -27,7 +27,7 @@ from integrations.errors import (
 from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.store import Ledger
 from integrations.pipeline import Delivery, Done, Failed, OperationRunner, Retry
-from integrations.providers import ProviderSettings, parse_providers
+from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import CLOSED, SharedBreaker
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard
 from integrations.resilience.throttle import Throttle
@@ -41,6 +41,7 @@ from tests.fakes.stripe import (
     error,
     payment_intent,
 )
+from tests.providers import provider_settings
 
 SECRET_KEY = "sk_test_51FakeKeyForTheStripeAdapterTests0000QkX9"
 CHARGE = {
@@ -63,13 +64,11 @@ RATE_LIMITED = error(
 def stripe_provider(base_url: str, name: str = "stripe", **table: Any) -> ProviderSettings:
     """A provider as the providers file declares it: ``[providers.<name>.auth] type="bearer"``."""
     entry = {
-        "adapter": "stripe",
-        "base_url": base_url,
         "timeout": 2.0,
         "auth": {"type": "bearer", "secret": "env:STRIPE_SECRET_KEY"},
         "retry": {"max_attempts": 3, "backoff_base": 0.1, "backoff_max": 0.5},
     }
-    return parse_providers({"providers": {name: entry | table}}, source="providers.toml")[name]
+    return provider_settings(name, adapter="stripe", base_url=base_url, **(entry | table))
 
 
 def stripe_adapter(provider: ProviderSettings, session: requests.Session) -> StripeAdapter:

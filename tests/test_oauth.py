@@ -14,11 +14,12 @@ from integrations.adapters.http import HttpAdapter
 from integrations.auth import OAuth2ClientCredentials, OAuth2RefreshToken
 from integrations.errors import ProviderRejected
 from integrations.oauth import SharedOAuth2Token
-from integrations.providers import ProviderSettings, parse_providers
+from integrations.providers import ProviderSettings
 from integrations.resilience.scripts import redis_client
 from tests.clock import Clock
 from tests.fakes.oauth import OAuthServer
 from tests.processes import at_once
+from tests.providers import provider_settings
 
 
 @pytest.fixture
@@ -27,19 +28,16 @@ def server() -> Iterator[OAuthServer]:
         yield running
 
 
-def provider(name: str, server: OAuthServer, **auth: Any) -> ProviderSettings:
-    table = {
-        "adapter": "http",
-        "base_url": server.url,
-        "auth": {
-            "type": "oauth2_client_credentials",
-            "token_url": f"{server.url}/token",
-            "client_id": "client-1",
-            "client_secret": "env:TEST_OAUTH_SECRET",
-        }
-        | auth,
+def provider(name: str, server_url: str, **auth: Any) -> ProviderSettings:
+    """A provider whose API and token endpoint are ``server_url``'s, with the client credentials grant
+    unless ``auth`` says otherwise."""
+    client_credentials = {
+        "type": "oauth2_client_credentials",
+        "token_url": f"{server_url}/token",
+        "client_id": "client-1",
+        "client_secret": "env:TEST_OAUTH_SECRET",
     }
-    return parse_providers({"providers": {name: table}}, source="providers.toml")[name]
+    return provider_settings(name, base_url=server_url, auth=client_credentials | auth)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +56,7 @@ def test_one_token_is_fetched_and_shared_by_every_worker(
     shared_redis: redis.Redis, provider_name: str, server: OAuthServer
 ) -> None:
     clock = Clock()
-    settings = provider(provider_name, server)
+    settings = provider(provider_name, server.url)
     first, second = worker_token(shared_redis, settings, clock), worker_token(shared_redis, settings, clock)
     assert first.headers() == second.headers() == {"Authorization": "Bearer access-1"}
     assert len(server.token_requests) == 1
@@ -70,7 +68,7 @@ def test_the_token_is_renewed_a_margin_before_it_expires(
 ) -> None:
     server.expires_in = 600
     clock = Clock()
-    token = worker_token(shared_redis, provider(provider_name, server, refresh_margin=300), clock)
+    token = worker_token(shared_redis, provider(provider_name, server.url, refresh_margin=300), clock)
     assert token.token() == "access-1"
     clock.advance(299)
     assert token.token() == "access-1"
@@ -80,7 +78,7 @@ def test_the_token_is_renewed_a_margin_before_it_expires(
 
 def api_adapter(client: redis.Redis, name: str, server: OAuthServer) -> tuple[HttpAdapter, BaseModel]:
     """An adapter of a worker whose provider takes the shared token, and a payload for its API."""
-    settings = provider(name, server)
+    settings = provider(name, server.url)
     adapter = HttpAdapter(settings, requests.Session(), worker_token(client, settings, Clock()))
     return adapter, adapter.parse_payload("request", {"method": "GET", "path": "/api/me"})
 
@@ -112,7 +110,7 @@ def test_a_refused_client_is_named_without_its_secret(
 ) -> None:
     monkeypatch.setenv("TEST_OAUTH_SECRET", "wrong-secret-xyz")
     clock = Clock()
-    token = worker_token(shared_redis, provider(provider_name, server), clock)
+    token = worker_token(shared_redis, provider(provider_name, server.url), clock)
     with pytest.raises(ProviderRejected) as caught:
         token.token()
     assert "token endpoint" in caught.value.message and "refused" in caught.value.message
@@ -127,7 +125,7 @@ def test_the_refresh_token_grant_keeps_a_rotated_refresh_token(
     clock = Clock()
     settings = provider(
         provider_name,
-        server,
+        server.url,
         type="oauth2_refresh_token",
         refresh_token="env:TEST_REFRESH_TOKEN",
         client_auth="post",
@@ -144,23 +142,7 @@ def _renew_at_expiry(start: Any, results: Any, url: str, name: str, server_url: 
     import os
 
     os.environ["TEST_OAUTH_SECRET"] = "client-secret-1"
-    settings = parse_providers(
-        {
-            "providers": {
-                name: {
-                    "adapter": "http",
-                    "base_url": server_url,
-                    "auth": {
-                        "type": "oauth2_client_credentials",
-                        "token_url": f"{server_url}/token",
-                        "client_id": "client-1",
-                        "client_secret": "env:TEST_OAUTH_SECRET",
-                    },
-                }
-            }
-        },
-        source="providers.toml",
-    )[name]
+    settings = provider(name, server_url)
     assert isinstance(settings.auth, OAuth2ClientCredentials)
     token = SharedOAuth2Token(
         redis_client(url), requests.Session(), name, settings.auth, clock=clock.timestamp
@@ -173,10 +155,10 @@ def test_four_workers_at_expiry_make_one_refresh(
     shared_redis: redis.Redis, redis_url: str, provider_name: str, server: OAuthServer
 ) -> None:
     clock = Clock()
-    assert worker_token(shared_redis, provider(provider_name, server), clock).token() == "access-1"
+    assert worker_token(shared_redis, provider(provider_name, server.url), clock).token() == "access-1"
     clock.advance(3600 - 100)  # inside the refresh margin, for every worker at once
     tokens = at_once(_renew_at_expiry, 4, redis_url, provider_name, server.url, clock)
     assert len(server.token_requests) == 2  # one refresh for the four
     # Those that found the refresh under way went on with the old token, still valid for 100 s.
     assert set(tokens) <= {"access-1", "access-2"} and "access-2" in tokens
-    assert worker_token(shared_redis, provider(provider_name, server), clock).token() == "access-2"
+    assert worker_token(shared_redis, provider(provider_name, server.url), clock).token() == "access-2"

@@ -14,11 +14,12 @@ from integrations.resilience.scripts import redis_client
 from integrations.resilience.throttle import Throttle
 from tests.clock import Clock
 from tests.processes import at_once
+from tests.providers import provider_settings
 
 
 def provider(name: str, **table: Any) -> ProviderSettings:
-    base = {"name": name, "adapter": "http", "base_url": "http://x", "headroom": 0}
-    return ProviderSettings.model_validate(base | table)
+    """A provider whose bucket runs at its full limit (no headroom), unless the test says otherwise."""
+    return provider_settings(name, **({"headroom": 0} | table))
 
 
 def bucket(client: redis.Redis, name: str, clock: Clock, **table: Any) -> Throttle:

@@ -26,6 +26,7 @@ from integrations.testing.provider import ProviderSimulator
 from tests.fakes.server import Answer
 from tests.fakes.stripe import RATE_LIMIT_MESSAGE, FakeStripe
 from tests.fakes.stripe import error as stripe_error
+from tests.providers import provider_settings
 
 WHERE = "acme.request"
 # An hour ahead, whole seconds, as an HTTP date.
@@ -44,9 +45,7 @@ def session() -> Iterator[requests.Session]:
 
 
 def provider(base_url: str, timeout: float = 5.0) -> ProviderSettings:
-    return ProviderSettings.model_validate(
-        {"name": "acme", "adapter": "http", "base_url": base_url, "timeout": timeout}
-    )
+    return provider_settings("acme", base_url=base_url, timeout=timeout)
 
 
 @pytest.fixture
@@ -261,9 +260,7 @@ def stripe_answer(session: requests.Session, answer: Answer) -> requests.Respons
 
 
 def stripe_adapter(session: requests.Session) -> StripeAdapter:
-    settings = ProviderSettings.model_validate(
-        {"name": "stripe", "adapter": "stripe", "base_url": "http://127.0.0.1:9"}
-    )
+    settings = provider_settings("stripe", adapter="stripe")  # it only classifies answers; it calls nothing
     return StripeAdapter(settings, session)
 
 

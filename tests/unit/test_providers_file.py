@@ -12,7 +12,6 @@ from integrations.adapters.http import HttpAdapter
 from integrations.errors import ConfigError
 from integrations.providers import (
     BreakerSettings,
-    ProviderSettings,
     Rate,
     RetrySettings,
     load_providers,
@@ -20,6 +19,7 @@ from integrations.providers import (
     queue_name,
     task_name,
 )
+from tests.providers import provider_settings
 
 MINIMAL = """
 [providers.acme]
@@ -247,9 +247,7 @@ def test_resolve_unknown_adapter(tmp_path: Path) -> None:
     ],
 )
 def test_task_and_queue_names(provider: str, operation: str, task: str, queue: str) -> None:
-    settings = ProviderSettings.model_validate(
-        {"name": provider, "adapter": "http", "base_url": "https://api.example"}
-    )
+    settings = provider_settings(provider, base_url="https://api.example")
 
     assert task_name(provider, operation) == task
     assert queue_name(provider) == queue
