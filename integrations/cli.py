@@ -1,12 +1,18 @@
-"""The ``integrations`` command: the ledger, dead letters and providers, for operators."""
+"""The operator commands of ``integrations``: the ledger, dead letters, breakers, limits and providers.
+
+The core knows neither the settings nor Celery: the wiring layer (``config/cli.py``) builds the command with
+:func:`build_cli`, handing it an :class:`OperatorContext` factory, and adds the commands that need Celery.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,7 +20,6 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import Settings
 from integrations import batch
 from integrations.errors import ConfigError, IntegrationsError
 from integrations.ledger import schema
@@ -27,20 +32,39 @@ from integrations.runtime import Runtime
 console = Console()
 
 
+@dataclass(frozen=True)
+class OperatorContext:
+    """What the operator commands need from the wiring: where state lives, how long ended operations are
+    kept, and how to send a replayed operation's message (``publish(record) -> task id``)."""
+
+    database_url: str
+    redis_url: str
+    providers_file: Path
+    retention: timedelta
+    dead_letter_retention: timedelta
+    publish: Callable[[OperationRecord], str]
+
+
+def _context() -> OperatorContext:
+    """The running command's context, made on first use so settings are read when a command runs."""
+    made: Callable[[], OperatorContext] = click.get_current_context().find_root().obj
+    return made()
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Errors a user can fix end the command with their message, not a traceback."""
     try:
         yield
     except redis.RedisError as exc:
-        where = Settings().redis_url.rsplit("@", 1)[-1]
+        where = _context().redis_url.rsplit("@", 1)[-1]
         raise click.ClickException(f"Redis at {where} (REDIS_URL) cannot be reached: {exc}") from exc
     except (IntegrationsError, LookupError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 
 
 def _ledger() -> Ledger:
-    return Ledger.connect(Settings().database_url)
+    return Ledger.connect(_context().database_url)
 
 
 def _print_json(data: Any) -> None:
@@ -48,15 +72,6 @@ def _print_json(data: Any) -> None:
 
 
 @click.group()
-@click.version_option(package_name="integrations")
-def main() -> None:
-    """Operate the integrations job queue: ledger, dead letters, providers.
-
-    Settings come from the environment: DATABASE_URL, REDIS_URL, BROKER_URL, INTEGRATIONS_PROVIDERS_FILE.
-    """
-
-
-@main.group()
 def db() -> None:
     """The ledger database."""
 
@@ -65,13 +80,13 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
 def db_upgrade(revision: str) -> None:
     """Create or migrate the ledger schema at DATABASE_URL."""
-    url = Settings().database_url
+    url = _context().database_url
     with _user_errors():
         schema.upgrade(url, revision)
     click.echo(f"ledger schema at revision {schema.head_revision() if revision == 'head' else revision}")
 
 
-@main.group()
+@click.group()
 def ops() -> None:
     """Operations in the ledger."""
 
@@ -120,15 +135,15 @@ def _print_items(states: list[batch.ItemState]) -> None:
 @ops.command("prune")
 def ops_prune() -> None:
     """Delete ended operations past their retention (what the hourly maintenance task does)."""
-    settings = Settings()
+    context = _context()
     with _user_errors():
         deleted = _ledger().prune(
-            retention=settings.retention, dead_letter_retention=settings.dead_letter_retention
+            retention=context.retention, dead_letter_retention=context.dead_letter_retention
         )
     click.echo(f"deleted {deleted} ledger record(s) past retention")
 
 
-@main.group()
+@click.group()
 def dlq() -> None:
     """Dead letters: operations that ended failed or dead, and batches that ended partial."""
 
@@ -188,15 +203,13 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
 def dlq_replay(operation_id: str) -> None:
     """Enqueue a failed, dead or partial operation again, same key, fresh attempt budget (a batch sends
     again only its items that did not succeed)."""
-    from tasks.enqueue import enqueue  # sending a message needs Celery, which the core never imports
-
     ledger = _ledger()
     with _user_errors():
         before = ledger.get(operation_id)
         queued = ledger.reset_for_replay(operation_id)
         assert before is not None
         try:
-            task_id = enqueue(queued)
+            task_id = _context().publish(queued)
         except Exception as exc:
             if ledger.restore(before, queued):
                 raise ConfigError(
@@ -213,8 +226,8 @@ def dlq_replay(operation_id: str) -> None:
 
 
 def _runtime() -> Runtime:
-    settings = Settings()
-    return Runtime.load(settings.providers_file, settings.database_url, settings.redis_url)
+    context = _context()
+    return Runtime.load(context.providers_file, context.database_url, context.redis_url)
 
 
 def _provider(runtime: Runtime, name: str) -> ProviderSettings:
@@ -230,7 +243,7 @@ def _breakers(runtime: Runtime, names: list[str]) -> list[SharedBreaker]:
     return [SharedBreaker(runtime.redis, p.name, p.breaker, probe_ttl=p.lease_seconds) for p in providers]
 
 
-@main.group()
+@click.group()
 def breaker() -> None:
     """The circuit breaker of each provider, shared by every worker (state in Redis)."""
 
@@ -296,7 +309,7 @@ def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
-@main.group()
+@click.group()
 def limits() -> None:
     """Rate limits of each provider, tunable live for every worker (within a second, no restart)."""
 
@@ -368,11 +381,11 @@ def limits_reset(provider: str) -> None:
     click.echo(f"{provider}: back to the providers file's limit ({shown}); any pause ended")
 
 
-@main.command("providers")
+@click.command("providers")
 @click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
 def providers_command(as_json: bool) -> None:
     """List configured providers with their queue, tasks and limits."""
-    settings = Settings()
+    context = _context()
     with _user_errors():
         runtime = _runtime()
     rows: list[dict[str, Any]] = [
@@ -392,7 +405,7 @@ def providers_command(as_json: bool) -> None:
         _print_json(rows)
         return
     table = Table(
-        "provider", "adapter", "queue", "tasks", "rate limit", "attempts", title=str(settings.providers_file)
+        "provider", "adapter", "queue", "tasks", "rate limit", "attempts", title=str(context.providers_file)
     )
     for row in rows:
         table.add_row(
@@ -406,10 +419,18 @@ def providers_command(as_json: bool) -> None:
     console.print(table)
 
 
-@main.command("demo")
-@click.option("--operations", default=200, show_default=True, help="How many operations to enqueue.")
-def demo_command(operations: int) -> None:
-    """Run the demo: a provider simulator, a worker and a mixed workload, then a summary."""
-    from tasks.demo import run_demo  # the demo sends messages, so it lives beside the Celery glue
+def build_cli(context: Callable[[], OperatorContext], *extra: click.Command) -> click.Group:
+    """The ``integrations`` command: the operator commands, taking settings and the publisher from
+    ``context`` (called once, when a command first needs it; ``--help`` reads nothing), and ``extra``."""
 
-    sys.exit(run_demo(operations))
+    @click.group("integrations", commands=[db, ops, dlq, breaker, limits, providers_command, *extra])
+    @click.version_option(package_name="integrations")
+    @click.pass_context
+    def main(ctx: click.Context) -> None:
+        """Operate the integrations job queue: ledger, dead letters, providers.
+
+        Settings come from the environment: DATABASE_URL, REDIS_URL, BROKER_URL, INTEGRATIONS_PROVIDERS_FILE.
+        """
+        ctx.obj = cache(context)
+
+    return main

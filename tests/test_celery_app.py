@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from config.celery_settings import VISIBILITY_TIMEOUT, celery_config
 from config.settings import Settings
 from integrations.ledger import schema
 from integrations.ledger.models import OperationStatus
+from integrations.ledger.records import NewOperation
 from integrations.ledger.store import Ledger
 from integrations.providers import MAX_COUNTDOWN
 from tasks import register_tasks
@@ -65,18 +68,44 @@ def test_a_task_per_provider_operation_routed_to_its_queue(tmp_path: Path) -> No
     assert app.tasks["integrations.mail.request"].acks_late is True
 
 
-def test_the_core_imports_no_celery() -> None:
+CORE = Path(__file__).resolve().parent.parent / "integrations"
+# What the core must never import: Celery and its transport, and the layers built on top of the core.
+OUTWARD = {"celery", "kombu", "config", "tasks"}
+
+
+def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
+    """Every module an import statement in ``path`` names (at any depth), with its line, relative
+    imports resolved against the file's package."""
+    package = list(path.relative_to(CORE.parent).parts[:-1])  # a module's, or an __init__.py's own
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            yield from (
+                (node.lineno, f"{module}.{alias.name}" if module else alias.name) for alias in node.names
+            )
+
+
+def test_the_core_imports_nothing_of_celery_config_or_tasks() -> None:
+    files = sorted(CORE.rglob("*.py"))
+    found = [(path, line, module) for path in files for line, module in imported_modules(path)]
+    assert CORE / "cli.py" in files and len(found) > 100  # the walk reads the core, not an empty folder
+    outward = [
+        f"{path.relative_to(CORE.parent)}:{line}: imports {module}"
+        for path, line, module in found
+        if module.split(".")[0] in OUTWARD
+    ]
+    assert outward == [], "the core points outward:\n" + "\n".join(outward)
+
+
+def test_importing_the_core_loads_no_celery() -> None:
+    """Nor through a library it imports: every core module is imported in a fresh interpreter."""
     modules = [
-        "integrations.pipeline",
-        "integrations.runtime",
-        "integrations.cli",
-        "integrations.adapters.http",
-        "integrations.adapters.registry",
-        "integrations.ledger.store",
-        "integrations.ledger.schema",
-        "integrations.resilience.backoff",
-        "integrations.resilience.idempotency",
-        "integrations.providers",
+        ".".join(path.relative_to(CORE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for path in sorted(CORE.rglob("*.py"))
+        if "migrations" not in path.parts
     ]
     code = f"import sys; [__import__(m) for m in {modules!r}]; print(sorted({{'celery', 'kombu'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -90,15 +119,7 @@ def test_the_maintenance_task_prunes_the_ledger_past_retention(tmp_path: Path) -
     old = Ledger.connect(database, clock=lambda: eight_days_ago)
     fresh = Ledger.connect(database)
     for ledger, key in ((old, "old"), (fresh, "fresh")):
-        record = ledger.start(
-            provider="acme",
-            operation="request",
-            idempotency_key=key,
-            fingerprint=key,
-            payload={},
-            request_id=key,
-            lease=timedelta(seconds=30),
-        )
+        record = ledger.start(NewOperation("acme", "request", key, key, {}, key), lease=timedelta(seconds=30))
         assert record is not None and ledger.finish(record, OperationStatus.SUCCEEDED, response={})
     providers = tmp_path / "providers.toml"
     providers.write_text('[providers.acme]\nadapter = "http"\nbase_url = "https://a.example"\n')

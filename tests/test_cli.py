@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from integrations.cli import main
+from config.cli import main
+from integrations.cli import OperatorContext, build_cli
 from integrations.errors import ConfigError, ErrorInfo, ErrorType
 from integrations.ledger import schema
 from integrations.ledger.models import OperationStatus
@@ -184,6 +185,43 @@ def test_a_bad_providers_file_is_named_with_the_key(tmp_path: Path, monkeypatch:
         and "[providers.acme]" in result.output
         and "rate_limit" in result.output
     )
+
+
+def test_help_reads_no_settings_and_a_command_reads_them_when_it_runs(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"DATABASE_URL": ledger_url, "INTEGRATIONS_RETENTION_DAYS": "-1"}
+    assert invoke(monkeypatch, env, "--help").exit_code == 0
+    assert invoke(monkeypatch, env, "dlq", "--help").exit_code == 0
+    listed = invoke(monkeypatch, env, "dlq", "list")
+    assert listed.exit_code == 1 and "INTEGRATIONS_RETENTION_DAYS" in listed.output
+
+
+def test_dlq_replay_sends_through_the_publisher_it_is_given(ledger: Ledger, ledger_url: str) -> None:
+    record = started(ledger, "dead-3")
+    error = ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up")
+    assert ledger.finish(record, OperationStatus.DEAD, error=error) is not None
+    sent: list[OperationRecord] = []
+
+    def publish(queued: OperationRecord) -> str:
+        sent.append(queued)
+        return "task-3"
+
+    context = OperatorContext(
+        database_url=ledger_url,
+        redis_url="redis://127.0.0.1:1/0",
+        providers_file=Path("unused.toml"),
+        retention=timedelta(days=7),
+        dead_letter_retention=timedelta(days=30),
+        publish=publish,
+    )
+    result = CliRunner().invoke(build_cli(lambda: context), ["dlq", "replay", record.id])
+    assert result.exit_code == 0, result.output
+    assert f"operation_id={record.id} as task task-3" in result.output
+    [queued] = sent
+    assert (queued.id, queued.idempotency_key, queued.request_id) == (record.id, "dead-3", "req-dead-3")
+    after = ledger.get(record.id)
+    assert after is not None and (after.status, after.replays) == (OperationStatus.QUEUED, 1)
 
 
 def test_the_console_script_is_installed() -> None:
