@@ -255,7 +255,9 @@ def test_a_429_pauses_the_provider_for_every_worker_process(worker: Worker, sim:
     for result in [first, *others]:
         result.get(timeout=TIMEOUT)
     [rate_limited] = [c for c in sim.calls(path="/v1/p") if c.status == 429]
-    assert all(c.received_at - rate_limited.received_at >= 2.0 for c in sim.calls(path="/v1/q"))
+    after = sim.calls(path="/v1/q")
+    assert len(after) == 4  # each of the others called the provider once, all after the pause
+    assert all(c.received_at - rate_limited.received_at >= 2.0 for c in after)
 
 
 def test_a_live_limit_is_seen_by_the_running_worker(worker: Worker, sim: ProviderSimulator) -> None:
