@@ -16,30 +16,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
 
-from integrations.errors import (
-    ErrorInfo,
-    ErrorType,
-    OperationError,
-    last_attempt_lost,
-    retries_exhausted,
-)
+from integrations.errors import ErrorInfo, ErrorType, OperationError, last_attempt_lost
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
+from integrations.ledger.records import Items, ItemState, ItemStatus
+from integrations.resilience.retry import GiveUp, RetryPolicy
 
 # A batch message is kept whole in the ledger row, with one state per item, rewritten after each call:
 # this bounds the row and the work per call.
 MAX_BATCH_ITEMS = 1000
-
-
-class ItemStatus(StrEnum):
-    QUEUED = "queued"  # not sent yet, or to be sent again
-    RUNNING = "running"  # in the call under way (or in one whose worker was lost)
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"  # for good: rejected, invalid, or retries exhausted
 
 
 @dataclass(frozen=True)
@@ -65,23 +53,9 @@ class ItemResult:
     response: Any = None
 
 
-class ItemState(BaseModel):
-    """An item as the ledger keeps it."""
-
-    key: str
-    status: ItemStatus = ItemStatus.QUEUED
-    attempts: int = 0
-    error: ErrorInfo | None = None
-    response: Any = None
-
-    def to_json(self) -> dict[str, Any]:
-        """``{key, status, attempts, error?, response?}``: what results and ``ops show`` give."""
-        return self.model_dump(mode="json", exclude_none=True)
-
-
-def initial_states(items: Sequence[BatchItem], where: str) -> list[ItemState]:
+def initial_states(items: Sequence[BatchItem], where: str) -> Items:
     """Every item queued, except invalid ones, which fail at once without being sent."""
-    return [
+    return tuple(
         ItemState(key=item.key)
         if item.problem is None
         else ItemState(
@@ -90,20 +64,10 @@ def initial_states(items: Sequence[BatchItem], where: str) -> list[ItemState]:
             error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message=f"{where}: {item.problem}"),
         )
         for item in items
-    ]
+    )
 
 
-def load(raw: Any) -> list[ItemState]:
-    return [ItemState.model_validate(item) for item in raw or []]
-
-
-def dump(states: Sequence[ItemState]) -> list[dict[str, Any]]:
-    return [state.to_json() for state in states]
-
-
-def plan(
-    states: Sequence[ItemState], *, max_items: int, max_attempts: int, where: str
-) -> tuple[list[ItemState], list[int]]:
+def plan(states: Items, *, max_items: int, max_attempts: int, where: str) -> tuple[Items, list[int]]:
     """The states as the next claim finds them, and the positions of the items its call sends.
 
     Items left running belong to a call whose worker was lost (the operation's lease ran out): each goes
@@ -122,16 +86,16 @@ def plan(
                 state = state.model_copy(update={"status": ItemStatus.QUEUED, "error": error})
                 lost.append(position)
         reopened.append(state)
-    return reopened, lost[:max_items] or next_chunk(reopened, max_items)
+    return tuple(reopened), lost[:max_items] or next_chunk(reopened, max_items)
 
 
-def for_replay(states: Sequence[ItemState]) -> list[ItemState]:
+def for_replay(states: Items) -> Items:
     """The states of a batch sent again by ``dlq replay``: items that failed go back to the queue with a
     fresh attempt budget, except those never sent (invalid: the same item would be invalid again)."""
-    return [
+    return tuple(
         ItemState(key=state.key) if state.status is ItemStatus.FAILED and state.attempts > 0 else state
         for state in states
-    ]
+    )
 
 
 def sent_unanswered(state: ItemState) -> bool:
@@ -148,64 +112,74 @@ def next_chunk(states: Sequence[ItemState], max_items: int) -> list[int]:
     return [i for i in queued if states[i].attempts == fewest][:max_items]
 
 
-def start_chunk(states: Sequence[ItemState], chunk: Sequence[int]) -> list[ItemState]:
+def start_chunk(states: Items, chunk: Sequence[int]) -> Items:
     """The states as the claim writes them: the chunk's items running, their attempt counted."""
     started = list(states)
     for i in chunk:
         started[i] = started[i].model_copy(
             update={"status": ItemStatus.RUNNING, "attempts": started[i].attempts + 1}
         )
-    return started
+    return tuple(started)
 
 
 def record_results(
-    states: Sequence[ItemState],
-    results: Mapping[str, ItemResult] | OperationError,
-    *,
-    max_attempts: int,
-    where: str,
-) -> list[ItemState]:
+    states: Items, results: Mapping[str, ItemResult] | OperationError, *, policy: RetryPolicy, where: str
+) -> Items:
     """The states after a call: each running item takes its result, or the call's error when the whole
-    call failed (without its body, which the operation keeps once). A retryable failure goes back to the
-    queue while attempts remain; the last one fails the item as ``retries_exhausted``."""
+    call failed (without its body, which the operation keeps once). The retry policy says whether a
+    failed item goes back to the queue or fails for good."""
+    whole_call = isinstance(results, OperationError)
     recorded = []
     for state in states:
         if state.status is ItemStatus.RUNNING:
-            whole_call = isinstance(results, OperationError)
             result = (
                 ItemResult(state.key, results) if isinstance(results, OperationError) else results[state.key]
             )
-            error = result.error
-            if error is None:
-                state = state.model_copy(
-                    update={"status": ItemStatus.SUCCEEDED, "error": None, "response": result.response}
-                )
-            else:
-                info = error.info()
-                if whole_call:
-                    info.body = None
-                status = ItemStatus.FAILED
-                if error.retryable and state.attempts < max_attempts:
-                    status = ItemStatus.QUEUED
-                elif error.retryable:
-                    info = retries_exhausted(f"{where}: item {state.key!r}", state.attempts, info)
-                state = state.model_copy(update={"status": status, "error": info})
+            state = _recorded(state, result, policy, f"{where}: item {state.key!r}", keep_body=not whole_call)
         recorded.append(state)
-    return recorded
+    return tuple(recorded)
 
 
-def retry_error(states: Sequence[ItemState]) -> ErrorInfo | None:
+def _recorded(
+    state: ItemState, result: ItemResult, policy: RetryPolicy, what: str, *, keep_body: bool
+) -> ItemState:
+    if result.error is None:
+        return state.model_copy(
+            update={"status": ItemStatus.SUCCEEDED, "error": None, "response": result.response}
+        )
+    verdict = policy.after(result.error, state.attempts, what)
+    status, info = (
+        (ItemStatus.FAILED, verdict.error)
+        if isinstance(verdict, GiveUp)
+        else (ItemStatus.QUEUED, result.error.info())
+    )
+    if not keep_body:
+        info = info.model_copy(update={"body": None})
+    return state.model_copy(update={"status": status, "error": info})
+
+
+def round_delay(
+    policy: RetryPolicy, attempts: int, results: Mapping[str, ItemResult] | OperationError
+) -> float:
+    """How long the items that failed in a round wait: the backoff after their ``attempts``, and never
+    less than the longest ``Retry-After`` the provider gave in the call."""
+    errors = [results] if isinstance(results, OperationError) else [r.error for r in results.values()]
+    retry_after = max((e.retry_after or 0.0 for e in errors if e is not None), default=0.0)
+    return policy.delay(attempts, retry_after or None)
+
+
+def retry_error(states: Items) -> ErrorInfo | None:
     """The error of an item waiting for another try, to report with the retry."""
     return next((s.error for s in states if s.status is ItemStatus.QUEUED and s.error is not None), None)
 
 
-def sent_this_round(states: Sequence[ItemState], chunk_attempts: int) -> bool:
+def sent_this_round(states: Items, chunk_attempts: int) -> bool:
     """Whether items of the round just sent (those sent fewer times than the chunk) are still queued:
     the next chunk goes at once; otherwise the queued items failed in this round and wait the backoff."""
     return any(s.status is ItemStatus.QUEUED and s.attempts < chunk_attempts for s in states)
 
 
-def final_status(states: Sequence[ItemState]) -> OperationStatus | None:
+def final_status(states: Items) -> OperationStatus | None:
     """How the batch ended, or ``None`` while items are queued or running."""
     if any(s.status in (ItemStatus.QUEUED, ItemStatus.RUNNING) for s in states):
         return None
@@ -215,7 +189,7 @@ def final_status(states: Sequence[ItemState]) -> OperationStatus | None:
     return OperationStatus.PARTIAL if succeeded else OperationStatus.FAILED
 
 
-def counts(states: Sequence[ItemState]) -> dict[str, int]:
+def counts(states: Items) -> dict[str, int]:
     """How many items are in each status."""
     found: dict[str, int] = {}
     for state in states:
@@ -223,7 +197,7 @@ def counts(states: Sequence[ItemState]) -> dict[str, int]:
     return found
 
 
-def summary(states: Sequence[ItemState]) -> str:
+def summary(states: Items) -> str:
     """``2 succeeded, 1 failed``-style counts, for people."""
     return ", ".join(f"{count} {status}" for status, count in sorted(counts(states).items()))
 

@@ -23,8 +23,10 @@ from rich.table import Table
 from integrations import batch
 from integrations.errors import ConfigError, IntegrationsError
 from integrations.ledger import schema
-from integrations.ledger.store import Ledger, OperationRecord
+from integrations.ledger.records import Items, ItemStatus, OperationRecord
+from integrations.ledger.store import Ledger
 from integrations.providers import ProviderSettings, Rate
+from integrations.replay import reset_for_replay
 from integrations.resilience.breaker import SharedBreaker
 from integrations.resilience.throttle import Throttle
 from integrations.runtime import Runtime
@@ -115,10 +117,10 @@ def ops_show(idempotency_key: str, provider: str, as_json: bool) -> None:
         table.add_row(f"[bold]{name}[/]", "" if value is None else str(value))
     console.print(table)
     if record.items is not None:
-        _print_items(batch.load(record.items))
+        _print_items(record.items)
 
 
-def _print_items(states: list[batch.ItemState]) -> None:
+def _print_items(states: Items) -> None:
     """A batch's items, one line each: key, status, attempts, and the error or the provider's answer."""
     table = Table(title=f"items: {batch.summary(states)}", title_justify="left")
     for column in ("key", "status", "attempts", "error / response"):
@@ -158,7 +160,7 @@ def _dead_letter(record: OperationRecord) -> dict[str, Any]:
         "attempts": record.attempts,
         "error": record.error,
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-    } | ({"items": batch.counts(batch.load(record.items))} if record.items is not None else {})
+    } | ({"items": batch.counts(record.items)} if record.items is not None else {})
 
 
 @dlq.command("list")
@@ -181,9 +183,9 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
             highlight=False,
         )
         if record.items is not None:
-            states = batch.load(record.items)
+            states = record.items
             console.print(f"    items: {batch.summary(states)}", highlight=False)
-            failed = [s for s in states if s.error is not None and s.status is batch.ItemStatus.FAILED]
+            failed = [s for s in states if s.error is not None and s.status is ItemStatus.FAILED]
             for state in failed[:3]:
                 assert state.error is not None
                 console.print(
@@ -205,9 +207,7 @@ def dlq_replay(operation_id: str) -> None:
     again only its items that did not succeed)."""
     ledger = _ledger()
     with _user_errors():
-        before = ledger.get(operation_id)
-        queued = ledger.reset_for_replay(operation_id)
-        assert before is not None
+        before, queued = reset_for_replay(ledger, operation_id)
         try:
             task_id = _context().publish(queued)
         except Exception as exc:

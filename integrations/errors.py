@@ -70,7 +70,8 @@ class OperationFailed(IntegrationsError):
 
 
 class OperationError(IntegrationsError):
-    """One attempt at an operation went wrong."""
+    """One attempt at an operation went wrong. ``retry_after``: the provider's earliest time for another
+    try, in seconds, when it named one (only a retryable error is tried again)."""
 
     error_type: ErrorType = ErrorType.INTERNAL_ERROR
     retryable = False
@@ -82,6 +83,7 @@ class OperationError(IntegrationsError):
         error_type: ErrorType | None = None,
         status_code: int | None = None,
         body: Any = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         if error_type is not None:
@@ -89,7 +91,12 @@ class OperationError(IntegrationsError):
         self.message = message
         self.status_code = status_code
         self.body = body
+        self.retry_after = retry_after
         self.headers: Mapping[str, str] = {}  # the provider's answer's headers, when there was one
+
+    def __str__(self) -> str:
+        # Adapters refine ``message`` after the error is made; a traceback shows the refined one.
+        return self.message
 
     def info(self) -> ErrorInfo:
         return ErrorInfo(
@@ -110,22 +117,10 @@ class ContractViolation(OperationError):
 
 
 class TransientError(OperationError):
-    """A failure worth another attempt; ``retry_after`` is the provider's earliest time, in seconds."""
+    """A failure worth another attempt."""
 
     retryable = True
     error_type = ErrorType.PROVIDER_UNAVAILABLE
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error_type: ErrorType | None = None,
-        status_code: int | None = None,
-        body: Any = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, error_type=error_type, status_code=status_code, body=body)
-        self.retry_after = retry_after
 
 
 def retries_exhausted(what: str, attempts: int, last: ErrorInfo) -> ErrorInfo:

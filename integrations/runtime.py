@@ -7,6 +7,7 @@ or database connections, so a runtime made before a fork is rebuilt after it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -18,9 +19,10 @@ from integrations.adapters.base import Adapter
 from integrations.adapters.registry import resolve
 from integrations.auth import Credentials, OAuth2ClientCredentials, OAuth2RefreshToken, static_credentials
 from integrations.errors import ConfigError
-from integrations.ledger.store import Ledger
+from integrations.guard import Guard
+from integrations.ledger.store import Clock, Ledger, utcnow
 from integrations.oauth import SharedOAuth2Token
-from integrations.pipeline import Guard, OperationRunner
+from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings, load_providers
 from integrations.resilience.breaker import SharedBreaker
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard
@@ -68,11 +70,6 @@ class Runtime:
             self._redis = redis_client(self.redis_url)
         return self._redis
 
-    def guards(self, provider: ProviderSettings) -> list[Guard]:
-        """In the order they are asked: the breaker first (an open one takes no token), then the throttle."""
-        breaker = SharedBreaker(self.redis, provider.name, provider.breaker, probe_ttl=provider.lease_seconds)
-        return [BreakerGuard(provider, breaker), ThrottleGuard(provider, Throttle(self.redis, provider))]
-
     def credentials(self, provider: ProviderSettings) -> Credentials:
         auth = provider.auth
         if isinstance(auth, OAuth2ClientCredentials | OAuth2RefreshToken):
@@ -87,8 +84,8 @@ class Runtime:
             except KeyError:
                 raise ConfigError(f"provider {provider!r} is not in the providers file") from None
             adapter = self.adapter_classes[provider](settings, self.session, self.credentials(settings))
-            runner = self._runners[provider] = OperationRunner(
-                settings, adapter, self.ledger, guards=self.guards(settings), interrupts=self.interrupts
+            runner = self._runners[provider] = build_runner(
+                settings, adapter, self.ledger, self.redis, interrupts=self.interrupts
             )
         return runner
 
@@ -99,3 +96,39 @@ class Runtime:
             self._ledger.engine.dispose()
         if self._redis is not None:
             self._redis.close()
+
+
+def guards(
+    provider: ProviderSettings, client: redis.Redis, *, clock_ms: Callable[[], int] | None = None
+) -> list[Guard]:
+    """A provider's guards, in the order they are asked: the breaker first (an open one takes no token),
+    then the throttle. ``clock_ms`` replaces the Redis server's clock, for tests that must not wait."""
+    breaker = SharedBreaker(
+        client, provider.name, provider.breaker, probe_ttl=provider.lease_seconds, clock=clock_ms
+    )
+    return [
+        BreakerGuard(provider, breaker),
+        ThrottleGuard(provider, Throttle(client, provider, clock=clock_ms)),
+    ]
+
+
+def build_runner(
+    provider: ProviderSettings,
+    adapter: Adapter,
+    ledger: Ledger,
+    client: redis.Redis,
+    *,
+    clock: Clock = utcnow,
+    clock_ms: Callable[[], int] | None = None,
+    interrupts: tuple[type[Exception], ...] = (),
+) -> OperationRunner:
+    """The runner of one provider with its shared breaker and throttle on ``client``: what a worker runs,
+    and what the tests build (with a clock they move by hand)."""
+    return OperationRunner(
+        provider,
+        adapter,
+        ledger,
+        clock=clock,
+        guards=guards(provider, client, clock_ms=clock_ms),
+        interrupts=interrupts,
+    )

@@ -46,23 +46,37 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     app.conf.task_routes = routes
     register_maintenance(app)
 
-    @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _check_before_start(**_: Any) -> None:
-        try:
-            check_schema(settings.database_url)
-            for provider in loaded.providers.values():  # every secret can be had, before any message
-                check_secrets(provider.name, provider.auth)
-        except ConfigError as exc:
-            # Celery logs and swallows a signal handler's exceptions; WorkerShutdown stops the worker.
-            log.critical("%s", exc)
-            raise WorkerShutdown(str(exc)) from exc
-
-    @after_setup_logger.connect(weak=False)  # type: ignore[untyped-decorator]
-    @after_setup_task_logger.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _redact_logs(logger: logging.Logger, **_: Any) -> None:
-        install_redaction(logger)
-
+    global _startup
+    _startup = (settings.database_url, loaded)
+    # Connected once per process, however often tasks are registered (a test may build several apps):
+    # the dispatch uid makes a second connect a no-op, and the handlers read what was registered last.
+    worker_init.connect(_check_before_start, weak=False, dispatch_uid=f"{__name__}.check_before_start")
+    after_setup_logger.connect(_redact_logs, weak=False, dispatch_uid=f"{__name__}.redact_logs")
+    after_setup_task_logger.connect(_redact_logs, weak=False, dispatch_uid=f"{__name__}.redact_task_logs")
     return loaded
+
+
+# What the worker checks before it takes a message: the ledger's URL and the runtime loaded from the
+# providers file.
+_startup: tuple[str, Runtime] | None = None
+
+
+def _check_before_start(**_: Any) -> None:
+    if _startup is None:
+        return
+    database_url, loaded = _startup
+    try:
+        check_schema(database_url)
+        for provider in loaded.providers.values():  # every secret can be had, before any message
+            check_secrets(provider.name, provider.auth)
+    except ConfigError as exc:
+        # Celery logs and swallows a signal handler's exceptions; WorkerShutdown stops the worker.
+        log.critical("%s", exc)
+        raise WorkerShutdown(str(exc)) from exc
+
+
+def _redact_logs(logger: logging.Logger, **_: Any) -> None:
+    install_redaction(logger)
 
 
 def check_schema(database_url: str) -> None:

@@ -14,19 +14,13 @@ import requests
 from integrations.adapters.hubspot import HubSpotAdapter
 from integrations.auth import static_credentials
 from integrations.errors import ErrorType
+from integrations.guard import Attempt, Observation
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Ledger
-from integrations.pipeline import (
-    Attempt,
-    Defer,
-    Delivery,
-    Done,
-    Failed,
-    Observation,
-    OperationRunner,
-    Outcome,
-    Retry,
-)
+from integrations.message import Delivery
+from integrations.outcome import Defer, Done, Failed, Outcome, Retry, WaitReason
+from integrations.pipeline import OperationRunner
+from integrations.replay import reset_for_replay
 from tests.clock import Clock
 from tests.fakes.hubspot import PATH, FakeHubSpot
 from tests.fakes.server import Answer
@@ -401,13 +395,13 @@ def test_the_ledger_keeps_each_items_state_and_replay_sends_only_the_failed_ones
     run(runner, [contact(0), contact(1), {"properties": {"email": 1}}])
     record = runner.ledger.find("hubspot", "import-1")
     assert record is not None and record.status is OperationStatus.PARTIAL and record.items is not None
-    assert [(i["key"], i["status"]) for i in record.items] == [
+    assert [(i.key, i.status) for i in record.items] == [
         ("import-1#0", "succeeded"),
         ("import-1#1", "failed"),
         ("import-1#2", "failed"),
     ]
 
-    runner.ledger.reset_for_replay(record.id)
+    reset_for_replay(runner.ledger, record.id)
     hubspot.transient = {}
     outcome = run(runner, [contact(0), contact(1), {"properties": {"email": 1}}])
 
@@ -473,7 +467,7 @@ def test_the_items_of_a_lost_worker_go_again_together_under_the_same_key(
         )
     record = runner.ledger.find("hubspot", "import-1")
     assert record is not None and record.items is not None
-    assert {item["status"] for item in record.items[:100]} == {"running"}
+    assert {item.status for item in record.items[:100]} == {"running"}
 
     runner.clock.advance(runner.provider.lease_seconds + 1)  # type: ignore[attr-defined]
     outcome = run(runner, items)
@@ -495,7 +489,7 @@ class HoldOnce:
         if self.held:
             return None
         self.held = True
-        return Defer(2.0, "throttled")
+        return Defer(2.0, WaitReason.THROTTLED)
 
     def observe(self, attempt: Attempt, observation: Observation) -> None:
         pass
@@ -507,7 +501,9 @@ class HoldOnce:
 def test_a_batch_held_back_before_its_first_call_waits_in_the_ledger_then_runs(
     runner: OperationRunner, hubspot: FakeHubSpot
 ) -> None:
-    runner.guards = [HoldOnce()]
+    runner = OperationRunner(
+        runner.provider, runner.adapter, runner.ledger, clock=runner.clock, guards=[HoldOnce()]
+    )
     message = {"payload": {"items": [contact(0), contact(1)]}, "idempotency_key": "import-1"}
 
     held = runner.run(Delivery(OPERATION, message))
@@ -515,7 +511,7 @@ def test_a_batch_held_back_before_its_first_call_waits_in_the_ledger_then_runs(
     assert isinstance(held, Defer) and held.reason == "throttled"
     record = runner.ledger.find("hubspot", "import-1")
     assert record is not None and (record.status, record.waiting) == (OperationStatus.QUEUED, "throttled")
-    assert [item["status"] for item in record.items or []] == ["queued", "queued"]
+    assert [item.status for item in record.items or ()] == ["queued", "queued"]
     assert hubspot.received() == []
     runner.clock.advance(held.delay)  # type: ignore[attr-defined]
     assert run(runner, [contact(0), contact(1)]).result["status"] == "succeeded"  # type: ignore[union-attr]

@@ -31,11 +31,11 @@ from integrations.errors import (
 )
 from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.store import Ledger
-from integrations.pipeline import Defer, Delivery, Done, Failed, OperationRunner, Outcome, Retry
+from integrations.message import Delivery
+from integrations.outcome import Defer, Done, Failed, Outcome, Retry
+from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
-from integrations.resilience.breaker import SharedBreaker
-from integrations.resilience.guards import BreakerGuard, ThrottleGuard
-from integrations.resilience.throttle import Throttle
+from integrations.runtime import build_runner
 from tests.clock import Clock
 from tests.fakes.sendgrid import FakeSendGrid, error_body
 from tests.fakes.server import Answer
@@ -512,12 +512,7 @@ def worker(
     def make() -> OperationRunner:
         adapter = adapter_for(sendgrid)
         settings = adapter.provider
-        breaker = SharedBreaker(
-            shared_redis, settings.name, settings.breaker, probe_ttl=settings.lease_seconds, clock=clock.ms
-        )
-        throttle = Throttle(shared_redis, settings, clock=clock.ms)
-        guards = [BreakerGuard(settings, breaker), ThrottleGuard(settings, throttle)]
-        return OperationRunner(settings, adapter, ledger, clock=clock, guards=guards)
+        return build_runner(settings, adapter, ledger, shared_redis, clock=clock, clock_ms=clock.ms)
 
     return make
 

@@ -26,11 +26,14 @@ from integrations.errors import (
 )
 from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.store import Ledger
-from integrations.pipeline import Delivery, Done, Failed, OperationRunner, Retry
+from integrations.message import Delivery
+from integrations.outcome import Done, Failed, Retry
+from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
-from integrations.resilience.breaker import CLOSED, SharedBreaker
+from integrations.resilience.breaker import BreakerState
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard
 from integrations.resilience.throttle import Throttle
+from integrations.runtime import build_runner
 from tests.clock import Clock
 from tests.fakes.server import Answer
 from tests.fakes.stripe import (
@@ -477,15 +480,8 @@ def pipeline(
     monkeypatch.setenv("STRIPE_SECRET_KEY", SECRET_KEY)
     provider = stripe_provider(fake.url, name=provider_name)
     adapter = stripe_adapter(provider, session)
-    guards = [
-        BreakerGuard(
-            provider,
-            SharedBreaker(shared_redis, provider.name, provider.breaker, probe_ttl=10, clock=clock.ms),
-        ),
-        ThrottleGuard(provider, Throttle(shared_redis, provider, clock=clock.ms)),
-    ]
     ledger = Ledger.connect(ledger_url, clock=clock)
-    yield OperationRunner(provider, adapter, ledger, clock=clock, guards=guards)
+    yield build_runner(provider, adapter, ledger, shared_redis, clock=clock, clock_ms=clock.ms)
     ledger.engine.dispose()
 
 
@@ -555,7 +551,7 @@ def test_a_lock_timeout_then_success_ends_done_after_two_calls_with_one_key_and_
     breaker = pipeline.guards[0]
     assert isinstance(breaker, BreakerGuard)
     status = breaker.breaker.status()  # a locked object says nothing of Stripe's health
-    assert (status.state, status.window_failures, status.window_calls) == (CLOSED, 0, 2)
+    assert (status.state, status.window_failures, status.window_calls) == (BreakerState.CLOSED, 0, 2)
 
 
 def test_a_rate_limit_pauses_stripe_for_the_whole_fleet(

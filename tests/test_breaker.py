@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from integrations.providers import BreakerSettings
-from integrations.resilience.breaker import CLOSED, HALF_OPEN, OPEN, SharedBreaker
+from integrations.resilience.breaker import BreakerState, SharedBreaker, Transition
 from integrations.resilience.scripts import redis_client
 from tests.clock import Clock
 from tests.processes import at_once
@@ -26,9 +26,13 @@ def test_opens_after_fail_max_consecutive_failures(shared_redis: redis.Redis, pr
     b = breaker(shared_redis, provider_name, clock, fail_max=3, reset_timeout=30)
     assert [b.record("t", failed=True) for _ in range(2)] == ["", ""]
     assert b.record("t", failed=False) == ""  # a success ends the run of failures
-    assert [b.record("t", failed=True) for _ in range(3)] == ["", "", "opened"]
+    assert [b.record("t", failed=True) for _ in range(3)] == [
+        Transition.NONE,
+        Transition.NONE,
+        Transition.OPENED,
+    ]
     status = b.status()
-    assert (status.state, status.consecutive_failures, status.transitions) == (OPEN, 3, 1)
+    assert (status.state, status.consecutive_failures, status.transitions) == (BreakerState.OPEN, 3, 1)
     assert status.half_open_at is not None and status.opened_at is not None
     assert (status.half_open_at - status.opened_at).total_seconds() == 30
     admission = b.admit("other")
@@ -39,8 +43,8 @@ def test_opens_on_the_failure_rate_over_the_window(shared_redis: redis.Redis, pr
     clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=100, failure_rate=0.5, min_calls=10, window=10)
     outcomes = [b.record("t", failed=i % 2 == 0) for i in range(9)]  # 5 of 9 failed: too few calls yet
-    assert "opened" not in outcomes
-    assert b.record("t", failed=True) == "opened"  # 6 of 10
+    assert Transition.OPENED not in outcomes
+    assert b.record("t", failed=True) is Transition.OPENED  # 6 of 10
     assert b.status().window_calls == 10
 
 
@@ -59,15 +63,15 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(
 ) -> None:
     clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=1, reset_timeout=5)
-    assert b.record("a", failed=True) == "opened"
+    assert b.record("a", failed=True) is Transition.OPENED
     clock.advance(5)
     first, second = b.admit("probe"), b.admit("other")
-    assert first.allowed and first.probe and first.state == HALF_OPEN
-    assert not second.allowed and second.state == HALF_OPEN
+    assert first.allowed and first.probe and first.state == BreakerState.HALF_OPEN
+    assert not second.allowed and second.state == BreakerState.HALF_OPEN
     assert b.admit("probe").probe  # the probe's own message, redelivered, is still the probe
     assert b.record("late", failed=True) == ""  # a late answer of another call changes nothing
-    assert b.record("probe", failed=False) == "closed"
-    assert b.status().state == CLOSED and b.admit("other").allowed
+    assert b.record("probe", failed=False) is Transition.CLOSED
+    assert b.status().state == BreakerState.CLOSED and b.admit("other").allowed
 
 
 def test_a_failed_probe_opens_it_again_for_reset_timeout(
@@ -79,7 +83,7 @@ def test_a_failed_probe_opens_it_again_for_reset_timeout(
     clock.advance(5)
     assert b.admit("probe").probe
     clock.advance(1)
-    assert b.record("probe", failed=True) == "opened"
+    assert b.record("probe", failed=True) is Transition.OPENED
     admission = b.admit("next")
     assert not admission.allowed and admission.wait == 5
 
@@ -130,7 +134,9 @@ def test_sixteen_processes_failing_at_once_lose_no_count_and_open_it_once(
     status = SharedBreaker(shared_redis, provider_name, BreakerSettings(), probe_ttl=10).status()
     assert status.failures == 16 * 25
     assert status.consecutive_failures == 16 * 25
-    assert transitions == ["opened"] and status.transitions == 1 and status.state == OPEN
+    assert (
+        transitions == [Transition.OPENED] and status.transitions == 1 and status.state == BreakerState.OPEN
+    )
 
 
 def _admit(start: Any, results: Any, url: str, name: str, clock: Clock) -> None:
@@ -145,7 +151,7 @@ def test_half_open_lets_exactly_one_probe_through_across_processes(
 ) -> None:
     clock = Clock()
     b = breaker(shared_redis, provider_name, clock, fail_max=1, reset_timeout=30)
-    assert b.record("a", failed=True) == "opened"
+    assert b.record("a", failed=True) is Transition.OPENED
     clock.advance(31)
     probes = at_once(_admit, 16, redis_url, provider_name, clock)
     assert probes.count(True) == 1

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 
 from config.celery_settings import VISIBILITY_TIMEOUT, celery_config
 from config.settings import Settings
@@ -66,6 +67,16 @@ def test_a_task_per_provider_operation_routed_to_its_queue(tmp_path: Path) -> No
     assert app.conf.task_routes["integrations.pay-eu.request"] == {"queue": "integrations.pay-eu"}
     assert app.conf.task_routes["integrations.mail.request"] == {"queue": "integrations.mail"}
     assert app.tasks["integrations.mail.request"].acks_late is True
+
+
+def test_worker_signal_handlers_connect_once_however_often_tasks_are_registered(tmp_path: Path) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[providers.mail]\nadapter = "http"\nbase_url = "https://b.example"\n')
+    for _ in range(3):
+        app_for(providers)
+    for signal in (worker_init, after_setup_logger, after_setup_task_logger):
+        ours = [r for r in signal._live_receivers(None) if getattr(r, "__module__", "") == "tasks.registry"]
+        assert len(ours) == 1, f"{signal.name}: {ours}"
 
 
 CORE = Path(__file__).resolve().parent.parent / "integrations"

@@ -17,7 +17,8 @@ from integrations.cli import OperatorContext, build_cli
 from integrations.errors import ConfigError, ErrorInfo, ErrorType
 from integrations.ledger import schema
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.store import Ledger, OperationRecord
+from integrations.ledger.records import NewOperation, OperationRecord, load_items
+from integrations.ledger.store import Ledger
 from tasks.registry import check_schema
 
 
@@ -28,14 +29,9 @@ def invoke(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> 
 
 
 def started(ledger: Ledger, key: str, provider: str = "acme") -> OperationRecord:
+    payload = {"method": "POST", "path": "/x"}
     record = ledger.start(
-        provider=provider,
-        operation="request",
-        idempotency_key=key,
-        fingerprint=key,
-        payload={"method": "POST", "path": "/x"},
-        request_id=f"req-{key}",
-        lease=timedelta(seconds=30),
+        NewOperation(provider, "request", key, key, payload, f"req-{key}"), lease=timedelta(seconds=30)
     )
     assert record is not None
     return record
@@ -131,7 +127,7 @@ def test_ops_show_and_dlq_list_print_a_batchs_items(
             "error": {"type": "provider_rejected", "message": "crm.import: item 'row-3': INVALID_EMAIL: bad"},
         },
     ]
-    assert ledger.finish(record, OperationStatus.PARTIAL, items=items) is not None
+    assert ledger.finish(record, OperationStatus.PARTIAL, items=load_items(items)) is not None
     env = {"DATABASE_URL": ledger_url}
 
     shown = json.loads(invoke(monkeypatch, env, "ops", "show", "import-1", "-p", "crm", "--json").output)

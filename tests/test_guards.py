@@ -15,14 +15,17 @@ import requests
 
 from integrations import keys
 from integrations.adapters.http import HttpAdapter
+from integrations.guard import INLINE_WAIT
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Ledger
-from integrations.pipeline import INLINE_WAIT, Defer, Delivery, Done, Failed, OperationRunner, Outcome, Retry
+from integrations.message import Delivery
+from integrations.outcome import Defer, Done, Failed, Outcome, Retry
+from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
-from integrations.resilience.breaker import CLOSED, OPEN, SharedBreaker
-from integrations.resilience.guards import BreakerGuard, ThrottleGuard
+from integrations.resilience.breaker import BreakerState, SharedBreaker
 from integrations.resilience.scripts import redis_client
 from integrations.resilience.throttle import Throttle
+from integrations.runtime import build_runner
 from integrations.testing.provider import ProviderSimulator
 from tests.clock import Clock
 
@@ -39,16 +42,15 @@ class Fleet:
         self.throttle = Throttle(client, provider, clock=clock.ms)
 
     def runner(self, client: redis.Redis | None = None) -> OperationRunner:
-        client = client or self.client
-        breaker = SharedBreaker(
-            client, self.provider.name, self.provider.breaker, probe_ttl=10, clock=self.clock.ms
-        )
-        guards = [
-            BreakerGuard(self.provider, breaker),
-            ThrottleGuard(self.provider, Throttle(client, self.provider, clock=self.clock.ms)),
-        ]
         adapter = HttpAdapter(self.provider, requests.Session())
-        return OperationRunner(self.provider, adapter, self.ledger, clock=self.clock, guards=guards)
+        return build_runner(
+            self.provider,
+            adapter,
+            self.ledger,
+            client or self.client,
+            clock=self.clock,
+            clock_ms=self.clock.ms,
+        )
 
 
 @pytest.fixture
@@ -94,7 +96,7 @@ def test_an_open_breaker_defers_without_a_call_or_an_attempt_and_says_why(
     worker_a, worker_b = fleet.runner(), fleet.runner()
     assert isinstance(send(worker_a, "k1", "/v1/x?status=503"), Retry)
     assert isinstance(send(worker_b, "k2", "/v1/x?status=503"), Retry)
-    assert fleet.breaker.status().state == OPEN
+    assert fleet.breaker.status().state == BreakerState.OPEN
     calls = len(simulator.calls())
 
     deferred = send(worker_a, "k3")
@@ -123,7 +125,7 @@ def test_after_reset_timeout_one_probe_goes_and_its_success_closes_the_breaker(
     waiting = send(worker_b, "k2")
     assert isinstance(waiting, Defer) and waiting.reason == "breaker_half_open" and waiting.delay <= 1
     fleet.breaker.record("probe", failed=False)  # ... and it succeeded
-    assert fleet.breaker.status().state == CLOSED
+    assert fleet.breaker.status().state == BreakerState.CLOSED
     clock.advance(1)
     assert isinstance(send(worker_b, "k2"), Done)
 
@@ -134,13 +136,13 @@ def test_rejections_and_429s_never_trip_the_breaker(make_fleet: Any, path: str) 
     runner = fleet.runner()
     for i in range(3):
         send(runner, f"k{i}", path)
-    assert fleet.breaker.status().state == CLOSED
+    assert fleet.breaker.status().state == BreakerState.CLOSED
 
 
 def test_a_slow_call_counts_as_a_failure(make_fleet: Any) -> None:
     fleet = make_fleet(breaker={"fail_max": 1, "slow_call": 0.05})
     assert isinstance(send(fleet.runner(), "k1", "/v1/x?delay=0.1"), Done)
-    assert fleet.breaker.status().state == OPEN
+    assert fleet.breaker.status().state == BreakerState.OPEN
 
 
 def test_a_429_pauses_the_provider_for_every_worker(
@@ -242,7 +244,7 @@ def test_a_probe_that_another_guard_holds_back_is_given_up(make_fleet: Any, cloc
 def test_a_slow_rejection_does_not_trip_the_breaker(make_fleet: Any) -> None:
     fleet = make_fleet(breaker={"fail_max": 1, "slow_call": 0.05})
     assert isinstance(send(fleet.runner(), "k1", "/v1/x?status=422&delay=0.1"), Failed)
-    assert fleet.breaker.status().state == CLOSED
+    assert fleet.breaker.status().state == BreakerState.CLOSED
 
 
 def test_redis_answering_with_an_error_is_not_taken_for_redis_down(

@@ -16,17 +16,11 @@ from sqlalchemy import event
 from integrations.adapters.http import HttpAdapter
 from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
+from integrations.ledger.records import NewOperation
 from integrations.ledger.store import Ledger, create_ledger_engine
-from integrations.pipeline import (
-    MAX_INTERNAL_ERROR_REDELIVERIES,
-    Defer,
-    Delivery,
-    Done,
-    Failed,
-    OperationRunner,
-    Outcome,
-    Retry,
-)
+from integrations.message import Delivery
+from integrations.outcome import Defer, Done, Failed, Outcome, Retry
+from integrations.pipeline import MAX_INTERNAL_ERROR_REDELIVERIES, OperationRunner
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience.idempotency import fingerprint
 from integrations.testing.provider import ProviderSimulator
@@ -307,12 +301,7 @@ def test_an_attempt_in_flight_makes_duplicates_wait_then_a_lost_lease_is_taken_o
 ) -> None:
     payload = {"method": "POST", "path": "/charges", "json": {"amount": 100}}
     held = runner.ledger.start(
-        provider="sim",
-        operation="request",
-        idempotency_key="order-13",
-        fingerprint=fingerprint("request", payload),
-        payload=payload,
-        request_id="r-1",
+        NewOperation("sim", "request", "order-13", fingerprint("request", payload), payload, "r-1"),
         lease=timedelta(seconds=runner.provider.lease_seconds),
     )
     assert held is not None  # another worker's attempt, which then dies

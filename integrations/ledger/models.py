@@ -30,7 +30,13 @@ class OperationStatus(StrEnum):
     def terminal(self) -> bool:
         return self in _TERMINAL
 
+    @property
+    def ended_badly(self) -> bool:
+        """A dead letter: what `dlq list` shows, `dlq replay` accepts and the longer retention keeps."""
+        return self in ENDED_BADLY
 
+
+ENDED_BADLY = (OperationStatus.FAILED, OperationStatus.DEAD, OperationStatus.PARTIAL)
 _TERMINAL = frozenset(
     {OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.DEAD, OperationStatus.PARTIAL}
 )

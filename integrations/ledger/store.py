@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, cast
@@ -38,53 +37,44 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from integrations import batch
 from integrations.errors import ErrorInfo, LedgerUnavailable
-from integrations.ledger.models import Operation, OperationStatus
+from integrations.ledger.models import ENDED_BADLY, Operation, OperationStatus
+from integrations.ledger.records import (
+    Items,
+    NewOperation,
+    OperationRecord,
+    dump_items,
+    load_items,
+)
 
 Clock = Callable[[], datetime]
 _table = cast(Table, Operation.__table__)
+
+__all__ = [
+    "Clock",
+    "Ledger",
+    "NewOperation",
+    "OperationRecord",
+    "create_ledger_engine",
+    "database_url",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class OperationRecord:
-    """A ledger row, detached from any database session."""
-
-    id: str
-    provider: str
-    operation: str
-    idempotency_key: str | None
-    fingerprint: str
-    payload: Any
-    request_id: str | None
-    status: OperationStatus
-    attempts: int
-    replays: int
-    version: int
-    error: dict[str, Any] | None
-    response: Any
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    next_attempt_at: datetime | None
-    lease_expires_at: datetime | None
-    waiting: str | None
-    items: list[dict[str, Any]] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as operators see it (``integrations ops show --json``)."""
-        data = {"operation_id": self.id} | asdict(self)
-        del data["id"], data["fingerprint"], data["version"]
-        data["status"] = self.status.value
-        for name, value in data.items():
-            if isinstance(value, datetime):
-                data[name] = value.isoformat()
-        return data
+def storable(value: Any) -> Any:
+    """A value as the ledger can keep it: NUL characters (which PostgreSQL refuses) replaced. Used for what
+    the provider answered; a payload with a NUL is refused before it gets here."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
 
 
 def database_url(url: str) -> str:
@@ -162,7 +152,7 @@ class Ledger:
 
     def dead_letters(self, provider: str | None = None, limit: int = 1000) -> list[OperationRecord]:
         """Failed, dead and partial operations, newest first."""
-        query = select(_table).where(_table.c.status.in_(_ENDED_BADLY))
+        query = select(_table).where(_table.c.status.in_(ENDED_BADLY))
         if provider is not None:
             query = query.where(_table.c.provider == provider)
         query = query.order_by(_table.c.finished_at.desc(), _table.c.id).limit(limit)
@@ -184,26 +174,17 @@ class Ledger:
     # -- writes ----------------------------------------------------------------------------------
 
     def start(
-        self,
-        *,
-        provider: str,
-        operation: str,
-        idempotency_key: str,
-        fingerprint: str,
-        payload: Any,
-        request_id: str,
-        lease: timedelta,
-        items: list[dict[str, Any]] | None = None,
+        self, new: NewOperation, *, lease: timedelta, items: Items | None = None
     ) -> OperationRecord | None:
         """Insert a new operation as running its first attempt; ``None`` if the key is already taken.
         ``items``: a batch's item states, as this attempt starts them."""
         now = self.clock()
-        values = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
+        values = _new_row(new, now) | {
             "status": OperationStatus.RUNNING.value,
             "attempts": 1,
             "started_at": now,
             "lease_expires_at": now + lease,
-            "items": items,
+            "items": dump_items(items),
         }
         try:
             with self._begin() as connection:
@@ -212,20 +193,10 @@ class Ledger:
             return None
         return _record(values)
 
-    def record_invalid(
-        self,
-        *,
-        provider: str,
-        operation: str,
-        idempotency_key: str | None,
-        fingerprint: str,
-        payload: Any,
-        request_id: str | None,
-        error: ErrorInfo,
-    ) -> OperationRecord:
+    def record_invalid(self, new: NewOperation, error: ErrorInfo) -> OperationRecord:
         """Record a message that broke the contract. It binds its key only when the key is still free."""
         now = self.clock()
-        values = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
+        values = _new_row(new, now) | {
             "status": OperationStatus.FAILED.value,
             "error": error.model_dump(mode="json"),
             "finished_at": now,
@@ -245,14 +216,14 @@ class Ledger:
         *,
         lease: timedelta,
         request_id: str,
-        takeover: tuple[str, str, Any] | None = None,
-        items: list[dict[str, Any]] | None = None,
+        takeover: NewOperation | None = None,
+        items: Items | None = None,
     ) -> OperationRecord | None:
         """Start the next attempt of ``record`` if nobody changed it since it was read; else ``None``.
 
-        ``takeover`` is (operation, fingerprint, payload) when a valid request takes over the key of a
-        request that was recorded as invalid: its attempt count starts again. ``items``: a batch's item
-        states, as this attempt starts them.
+        ``takeover``: a valid request that takes over the key of a request recorded as invalid; the row
+        becomes its operation and the attempt count starts again. ``items``: a batch's item states, as
+        this attempt starts them.
         """
         now = self.clock()
         values: dict[str, Any] = {
@@ -267,17 +238,9 @@ class Ledger:
             "waiting": None,
         }
         if items is not None:
-            values["items"] = items
+            values["items"] = dump_items(items)
         if takeover is not None:
-            operation, fingerprint, payload = takeover
-            values |= {
-                "operation": operation,
-                "fingerprint": fingerprint,
-                "payload": payload,
-                "attempts": 1,
-                "error": None,
-                "finished_at": None,
-            }
+            values |= _takeover(takeover) | {"attempts": 1}
         return self._compare_and_set(record, values)
 
     def finish(
@@ -288,9 +251,10 @@ class Ledger:
         response: Any = None,
         error: ErrorInfo | None = None,
         next_attempt_at: datetime | None = None,
-        items: list[dict[str, Any]] | None = None,
+        items: Items | None = None,
     ) -> OperationRecord | None:
-        """End the attempt that ``record`` (as claimed) stands for; ``None`` if it was taken over."""
+        """End the attempt that ``record`` (as claimed) stands for; ``None`` if it was taken over. What the
+        provider answered is kept with any NUL character replaced (see ``storable``)."""
         now = self.clock()
         values: dict[str, Any] = {
             "status": status.value,
@@ -299,40 +263,37 @@ class Ledger:
             "lease_expires_at": None,
             "next_attempt_at": next_attempt_at,
             "waiting": None,
-            "response": response,
-            "error": error.model_dump(mode="json") if error else None,
+            "response": storable(response),
+            "error": storable(error.model_dump(mode="json")) if error else None,
             "finished_at": now if status.terminal else None,
         }
         if items is not None:
-            values["items"] = items
+            values["items"] = storable(dump_items(items))
         return self._compare_and_set(record, values)
 
     def record_wait(
         self,
         record: OperationRecord | None,
         *,
-        provider: str,
-        operation: str,
-        idempotency_key: str,
-        fingerprint: str,
-        payload: Any,
-        request_id: str | None,
         reason: str,
         until: datetime,
-        takeover: bool = False,
-        items: list[dict[str, Any]] | None = None,
+        new: NewOperation | None = None,
+        items: Items | None = None,
     ) -> None:
         """Note that the operation waits (a guard deferred it) and until when; no attempt is used.
-        ``takeover``: the message is a valid one taking over the key of an invalid one, whose row
-        becomes this operation's. ``items``: a batch's item states, for a new row or a takeover.
 
-        Best effort: if another worker changed the row meanwhile, its newer state stands."""
+        ``new``: the operation as the message describes it; inserted when there is no ``record`` yet, or
+        taking over the row of an invalid request (whose attempt count starts again). ``items``: a batch's
+        item states, for a new row or a takeover. Best effort: if another worker changed the row
+        meanwhile, its newer state stands."""
         now = self.clock()
         if record is None:
-            row = _new_row(provider, operation, idempotency_key, fingerprint, payload, request_id, now) | {
+            if new is None:
+                raise ValueError("record_wait: a new operation needs `new`")
+            row = _new_row(new, now) | {
                 "waiting": reason,
                 "next_attempt_at": until,
-                "items": items,
+                "items": dump_items(items),
             }
             try:
                 with self._begin() as connection:
@@ -349,57 +310,27 @@ class Ledger:
             "lease_expires_at": None,
         }
         if items is not None:
-            values["items"] = items
-        if takeover:
-            values |= {
-                "operation": operation,
-                "fingerprint": fingerprint,
-                "payload": payload,
-                "request_id": request_id,
-                "attempts": 0,
-                "error": None,
-                "finished_at": None,
-            }
+            values["items"] = dump_items(items)
+        if new is not None:
+            values |= _takeover(new) | {"request_id": new.request_id, "attempts": 0}
         self._compare_and_set(record, values)
 
-    def reset_for_replay(self, operation_id: str) -> OperationRecord:
-        """Make a failed, dead or partial operation queued again with a fresh attempt budget. A batch
-        sends again only its items that did not succeed (invalid items stay failed: they would be again)."""
-        record = self.get(operation_id)
-        if record is None:
-            raise LookupError(f"no operation {operation_id!r} in the ledger at {self.where}")
-        if record.status not in _ENDED_BADLY:
-            raise ValueError(
-                f"operation {operation_id} is {record.status.value}; only failed, dead or partial ones replay"
-            )
-        if record.error and record.error.get("type") == "invalid_request":
-            raise ValueError(
-                f"operation {operation_id} was an invalid request; the same message would fail again: "
-                "fix the payload and send it again"
-            )
-        now = self.clock()
-        values = {
+    def requeue(self, record: OperationRecord, *, items: Items | None = None) -> OperationRecord | None:
+        """Make an ended operation queued again with a fresh attempt budget (``dlq replay``), its batch
+        items as given; ``None`` if the row changed since it was read."""
+        values: dict[str, Any] = {
             "status": OperationStatus.QUEUED.value,
             "attempts": 0,
             "replays": record.replays + 1,
             "version": record.version + 1,
-            "updated_at": now,
+            "updated_at": self.clock(),
             "finished_at": None,
             "next_attempt_at": None,
             "error": None,
         }
-        if record.items is not None:
-            items = batch.for_replay(batch.load(record.items))
-            if not batch.next_chunk(items, len(items)):
-                raise ValueError(
-                    f"operation {operation_id}: every item that did not succeed was invalid; the same items "
-                    "would fail again: fix them and send them in a new operation"
-                )
-            values["items"] = batch.dump(items)
-        updated = self._compare_and_set(record, values)
-        if updated is None:
-            raise ValueError(f"operation {operation_id} changed while it was being replayed; try again")
-        return updated
+        if items is not None:
+            values["items"] = dump_items(items)
+        return self._compare_and_set(record, values)
 
     def restore(self, before: OperationRecord, current: OperationRecord) -> bool:
         """Put back ``before`` over ``current`` (undo a replay whose message could not be sent); False if
@@ -416,7 +347,7 @@ class Ledger:
             _table.c.status == OperationStatus.SUCCEEDED, _table.c.finished_at < now - retention
         )
         ended_badly = delete(_table).where(
-            _table.c.status.in_(_ENDED_BADLY), _table.c.finished_at < now - dead_letter_retention
+            _table.c.status.in_(ENDED_BADLY), _table.c.finished_at < now - dead_letter_retention
         )
         with self._begin() as connection:
             return sum(connection.execute(statement).rowcount for statement in (succeeded, ended_badly))
@@ -435,8 +366,6 @@ class Ledger:
 
 # Statements built once, values bound at execution: building one per call costs more than running it.
 _INSERT = insert(_table)
-# Dead letters: what `dlq list` shows, `dlq replay` accepts, and the longer retention keeps.
-_ENDED_BADLY = (OperationStatus.FAILED, OperationStatus.DEAD, OperationStatus.PARTIAL)
 
 
 @cache
@@ -449,23 +378,15 @@ def _update_statement(columns: tuple[str, ...]) -> Update:
     )
 
 
-def _new_row(
-    provider: str,
-    operation: str,
-    idempotency_key: str | None,
-    fingerprint: str,
-    payload: Any,
-    request_id: str | None,
-    now: datetime,
-) -> dict[str, Any]:
+def _new_row(new: NewOperation, now: datetime) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),
-        "provider": provider,
-        "operation": operation,
-        "idempotency_key": idempotency_key,
-        "fingerprint": fingerprint,
-        "payload": payload,
-        "request_id": request_id,
+        "provider": new.provider,
+        "operation": new.operation,
+        "idempotency_key": new.idempotency_key,
+        "fingerprint": new.fingerprint,
+        "payload": new.payload,
+        "request_id": new.request_id,
         "status": OperationStatus.QUEUED.value,
         "attempts": 0,
         "replays": 0,
@@ -483,13 +404,29 @@ def _new_row(
     }
 
 
+def _takeover(new: NewOperation) -> dict[str, Any]:
+    """The columns a valid request rewrites when it takes over the row of an invalid one."""
+    return {
+        "operation": new.operation,
+        "fingerprint": new.fingerprint,
+        "payload": new.payload,
+        "error": None,
+        "finished_at": None,
+    }
+
+
 def _row_values(record: OperationRecord) -> dict[str, Any]:
-    values = asdict(record)
+    values = {name: getattr(record, name) for name in _COLUMNS}
     values["status"] = record.status.value
+    values["items"] = dump_items(record.items)
     return values
 
 
 def _record(row: Any) -> OperationRecord:
     values = dict(row)
     values["status"] = OperationStatus(values["status"])
+    values["items"] = load_items(values["items"])
     return OperationRecord(**values)
+
+
+_COLUMNS = tuple(column.name for column in _table.columns)

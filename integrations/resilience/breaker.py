@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import pybreaker
 import redis
@@ -21,7 +22,24 @@ from integrations import keys
 from integrations.providers import BreakerSettings
 from integrations.resilience.scripts import script
 
-CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
+
+class BreakerState(StrEnum):
+    """pybreaker's state names, and the state an operator's ``breaker open`` forces."""
+
+    CLOSED = pybreaker.STATE_CLOSED
+    OPEN = pybreaker.STATE_OPEN
+    HALF_OPEN = pybreaker.STATE_HALF_OPEN
+    FORCED_OPEN = "forced_open"
+
+
+class Transition(StrEnum):
+    """What a call's result did to the breaker."""
+
+    NONE = ""
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
 WINDOW_SLOTS = 20
 KEY_TTL_MS = 7 * 24 * 3600 * 1000  # a breaker nobody used for a week starts afresh, closed
 
@@ -33,13 +51,13 @@ class Admission:
     allowed: bool
     probe: bool
     wait: float
-    state: str
+    state: BreakerState
 
 
 @dataclass(frozen=True)
 class BreakerStatus:
     provider: str
-    state: str
+    state: BreakerState
     forced: str | None
     forced_until: datetime | None
     consecutive_failures: int
@@ -94,11 +112,12 @@ class SharedBreaker:
         verdict, wait_ms, state = self._admit(
             keys=[self.key], args=[token, int(self.probe_ttl * 1000), KEY_TTL_MS, self._injected()]
         )
-        state = str(state)
-        return Admission(allowed=verdict > 0, probe=verdict == 2, wait=int(wait_ms) / 1000, state=state)
+        return Admission(
+            allowed=verdict > 0, probe=verdict == 2, wait=int(wait_ms) / 1000, state=BreakerState(state)
+        )
 
-    def record(self, token: str, *, failed: bool) -> str:
-        """Count a call's result; returns the transition it caused: 'opened', 'closed' or ''."""
+    def record(self, token: str, *, failed: bool) -> Transition:
+        """Count a call's result; returns the transition it caused."""
         s = self.settings
         transition, _state, _consecutive = self._record(
             keys=[self.key, self.window_key],
@@ -115,7 +134,7 @@ class SharedBreaker:
                 self._injected(),
             ],
         )
-        return str(transition)
+        return Transition(transition)
 
     def release_probe(self, token: str) -> None:
         """Give up the half-open probe if ``token`` holds it (its attempt will not be made)."""
@@ -150,7 +169,7 @@ class SharedBreaker:
             if slots.get(f"t{slot}", -1) > period - WINDOW_SLOTS:
                 calls += slots.get(f"c{slot}", 0)
                 failures += slots.get(f"f{slot}", 0)
-        current = fields.get("state", CLOSED)
+        current = BreakerState(fields.get("state", BreakerState.CLOSED))
         forced_until = int(fields.get("forced_until") or 0)
         forced = fields.get("forced") or None
         if forced and forced_until and forced_until <= now:
@@ -166,9 +185,10 @@ class SharedBreaker:
             failures=int(fields.get("failures", 0)),
             successes=int(fields.get("successes", 0)),
             transitions=int(fields.get("transitions", 0)),
-            opened_at=_time(fields.get("opened_at")) if current != CLOSED else None,
-            half_open_at=_time(fields.get("open_until")) if current == OPEN else None,
-            probe_in_flight=current == HALF_OPEN and int(fields.get("probe_until", 0) or 0) > now,
+            opened_at=_time(fields.get("opened_at")) if current is not BreakerState.CLOSED else None,
+            half_open_at=_time(fields.get("open_until")) if current is BreakerState.OPEN else None,
+            probe_in_flight=current is BreakerState.HALF_OPEN
+            and int(fields.get("probe_until", 0) or 0) > now,
         )
 
     def _now_ms(self) -> int:

@@ -10,12 +10,13 @@ import redis
 
 from integrations import keys
 from integrations.errors import ErrorType, OperationError
-from integrations.pipeline import INLINE_WAIT, Attempt, Defer, Observation
+from integrations.guard import INLINE_WAIT, Attempt, Observation
+from integrations.outcome import Defer, WaitReason
 from integrations.providers import ProviderSettings
 from integrations.resilience.backoff import MAX_RETRY_AFTER
-from integrations.resilience.breaker import HALF_OPEN, SharedBreaker
+from integrations.resilience.breaker import BreakerState, SharedBreaker, Transition
 from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
-from integrations.resilience.throttle import Throttle
+from integrations.resilience.throttle import TakeResult, Throttle
 
 log = logging.getLogger("integrations.resilience")
 
@@ -47,7 +48,7 @@ class RedisGuard:
                 )
                 return None
             log.error("%s: Redis unreachable, operation waits (%s): %s", self.provider.name, self.what, exc)
-            return Defer(REDIS_DOWN_WAIT, "redis_unavailable")
+            return Defer(REDIS_DOWN_WAIT, WaitReason.REDIS_UNAVAILABLE)
 
     def observe(self, attempt: Attempt, observation: Observation) -> None:
         try:
@@ -106,9 +107,11 @@ class BreakerGuard(RedisGuard):
         admission = self.breaker.admit(attempt.token)
         if admission.allowed:
             return None
-        if admission.state == HALF_OPEN:  # another worker's probe is in flight: look again soon
-            return Defer(min(admission.wait, PROBE_POLL), "breaker_half_open")
-        return Defer(admission.wait, f"breaker_{admission.state.replace('-', '_')}")
+        if admission.state is BreakerState.HALF_OPEN:  # another worker's probe is in flight: look again soon
+            return Defer(min(admission.wait, PROBE_POLL), WaitReason.BREAKER_HALF_OPEN)
+        if admission.state is BreakerState.FORCED_OPEN:
+            return Defer(admission.wait, WaitReason.BREAKER_FORCED_OPEN)
+        return Defer(admission.wait, WaitReason.BREAKER_OPEN)
 
     def _release(self, attempt: Attempt) -> None:
         self.breaker.release_probe(attempt.token)
@@ -116,13 +119,13 @@ class BreakerGuard(RedisGuard):
     def _observe(self, attempt: Attempt, observation: Observation) -> None:
         failed = counts_as_failure(observation.error, observation.seconds, self.provider.breaker.slow_call)
         transition = self.breaker.record(attempt.token, failed=failed)
-        if transition == "opened":
+        if transition is Transition.OPENED:
             log.warning(
                 "%s: circuit breaker opened for every worker; calls resume with one probe in %gs",
                 self.provider.name,
                 self.provider.breaker.reset_timeout,
             )
-        elif transition == "closed":
+        elif transition is Transition.CLOSED:
             log.warning("%s: circuit breaker closed: the probe call succeeded", self.provider.name)
 
 
@@ -139,20 +142,20 @@ class ThrottleGuard(RedisGuard):
         take = self.throttle.take(attempt.token, account)
         if take.allowed:
             return None
-        if take.why == "paused":
-            return Defer(take.wait, "paused")
-        if take.why == "throttled" and take.wait > 2 * INLINE_WAIT:
+        if take.why is TakeResult.PAUSED:
+            return Defer(take.wait, WaitReason.PAUSED)
+        if take.why is TakeResult.THROTTLED and take.wait > 2 * INLINE_WAIT:
             # A new slot: come back a little early and wait out the last stretch in the worker, since a
             # message the broker hands back late would waste its slot.
-            return Defer(take.wait - INLINE_WAIT, "throttled")
-        return Defer(take.wait, "throttled")
+            return Defer(take.wait - INLINE_WAIT, WaitReason.THROTTLED)
+        return Defer(take.wait, WaitReason.THROTTLED)
 
     def _observe(self, attempt: Attempt, observation: Observation) -> None:
         error = observation.error
         name = self.provider.name
         if error is not None and error.error_type is ErrorType.RATE_LIMITED:
             wait = min(
-                getattr(error, "retry_after", None) or max(1.0, self.provider.retry.backoff_base),
+                error.retry_after or max(1.0, self.provider.retry.backoff_base),
                 MAX_RETRY_AFTER,
             )
             paused = self.throttle.pause(wait)

@@ -14,7 +14,8 @@ from typing import Any
 
 from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.store import OperationRecord
+from integrations.ledger.records import OperationRecord
+from integrations.outcome import WaitReason
 
 GUARD_WAIT_TOLERANCE = timedelta(milliseconds=100)
 
@@ -70,7 +71,7 @@ class Wait:
     """Another attempt is in flight, or the next attempt is not due yet."""
 
     until: datetime
-    reason: str
+    reason: WaitReason
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ def decide(
 ) -> Decision:
     if record is None:
         return Start()
-    if record.status is OperationStatus.FAILED and (record.error or {}).get("type") == str(
-        ErrorType.INVALID_REQUEST
+    if (
+        record.status is OperationStatus.FAILED
+        and (record.error or {}).get("type") == ErrorType.INVALID_REQUEST
     ):
         return Claim(
             record, takeover=True
@@ -104,7 +106,7 @@ def decide(
         return Replay(record)
     if record.status is OperationStatus.RUNNING:
         if record.lease_expires_at is not None and record.lease_expires_at > now:
-            return Wait(record.lease_expires_at, "in_flight")
+            return Wait(record.lease_expires_at, WaitReason.IN_FLIGHT)
         # The worker that held it is gone: its lease ran out. It may have been the last attempt allowed.
         if max_attempts is not None and record.attempts >= max_attempts:
             return Exhausted(record)
@@ -112,5 +114,7 @@ def decide(
     # A guard's wait is checked again by the guard itself, so a message back a hair early goes on.
     tolerance = GUARD_WAIT_TOLERANCE if record.waiting else timedelta(0)
     if record.next_attempt_at is not None and record.next_attempt_at - tolerance > now:
-        return Wait(record.next_attempt_at, record.waiting or "backoff")
+        return Wait(
+            record.next_attempt_at, WaitReason(record.waiting) if record.waiting else WaitReason.BACKOFF
+        )
     return Claim(record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import cast
 
 import redis
@@ -24,13 +25,23 @@ from integrations.resilience.scripts import script
 RESERVATION_GRACE_MS = 10 * 60 * 1000
 
 
+class TakeResult(StrEnum):
+    """Why the bucket answered as it did."""
+
+    ADMITTED = "admitted"  # a token was free
+    RESERVED = "reserved"  # a slot is held for this message (now, or when it comes back)
+    PAUSED = "paused"  # every worker holds off: a 429 or a spent quota
+    THROTTLED = "throttled"  # no token: come back at the slot given
+    SPACING = "spacing"  # a message back early for its slot: wait the rest
+
+
 @dataclass(frozen=True)
 class Take:
     """The bucket's answer: go ahead, or come back in ``wait`` seconds (a slot is held for you)."""
 
     allowed: bool
     wait: float
-    why: str  # admitted, reserved, paused, throttled, spacing
+    why: TakeResult
     at: float  # when the bucket answered: seconds on its clock
 
 
@@ -79,7 +90,7 @@ class Throttle:
                 provider.headroom * 500,
             ],
         )
-        return Take(bool(allowed), int(wait_ms) / 1000, str(why), float(at) / 1000)
+        return Take(bool(allowed), int(wait_ms) / 1000, TakeResult(why), float(at) / 1000)
 
     def pause(self, seconds: float) -> float:
         """Pause the provider for every worker for ``seconds`` (kept if already paused for longer);

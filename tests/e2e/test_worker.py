@@ -321,7 +321,7 @@ def test_a_batch_goes_in_chunks_and_ends_partial_with_each_items_outcome(
     assert all(hubspot_server.created[f"{key}#{n}"] == 1 for n in range(130) if n != 5)
     record = worker.ledger.find("crm", key)
     assert record is not None and record.status is OperationStatus.PARTIAL
-    assert [item["status"] for item in record.items or []] == [item["status"] for item in result["items"]]
+    assert [item.status for item in record.items or ()] == [item["status"] for item in result["items"]]
 
 
 def test_a_secret_reaches_the_provider_and_nothing_else(

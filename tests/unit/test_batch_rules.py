@@ -5,17 +5,23 @@ from __future__ import annotations
 import pytest
 
 from integrations import batch
-from integrations.batch import BatchItem, ItemResult, ItemState, ItemStatus
+from integrations.batch import BatchItem, ItemResult
 from integrations.errors import ErrorInfo, ErrorType, ProviderRejected, TransientError
 from integrations.ledger.models import OperationStatus
+from integrations.ledger.records import Items, ItemState, ItemStatus, dump_items, load_items
+from integrations.resilience.backoff import ExponentialBackoff
+from integrations.resilience.retry import RetryPolicy
 
 WHERE = "crm.batch_create"
 
 
-def states(*spec: tuple[str, int]) -> list[ItemState]:
-    return [
+POLICY = RetryPolicy(max_attempts=3, backoff=ExponentialBackoff(base=1.0, cap=10.0))
+
+
+def states(*spec: tuple[str, int]) -> Items:
+    return tuple(
         ItemState(key=f"k{i}", status=ItemStatus(status), attempts=n) for i, (status, n) in enumerate(spec)
-    ]
+    )
 
 
 def test_invalid_items_fail_at_once_and_the_others_are_queued() -> None:
@@ -56,7 +62,7 @@ def test_results_end_items_or_queue_them_again_while_attempts_remain() -> None:
         "k2": ItemResult("k2", TransientError(f"{WHERE}: item 'k2': busy")),
         "k3": ItemResult("k3", TransientError(f"{WHERE}: item 'k3': busy")),
     }
-    after = batch.record_results(running, results, max_attempts=3, where=WHERE)
+    after = batch.record_results(running, results, policy=POLICY, where=WHERE)
     assert [(s.status, s.attempts) for s in after] == [
         (ItemStatus.SUCCEEDED, 1),
         (ItemStatus.FAILED, 1),
@@ -89,6 +95,14 @@ def test_items_of_a_lost_call_go_again_together_or_fail_if_it_was_their_last_att
     assert batch.sent_unanswered(reopened[1]) and not batch.sent_unanswered(reopened[0])
     # With nothing lost, the plan is the next chunk.
     assert batch.plan(reopened, max_items=10, max_attempts=3, where=WHERE)[1] == [0]
+
+
+def test_items_that_failed_in_a_round_wait_the_backoff_and_never_less_than_retry_after() -> None:
+    highest = RetryPolicy(3, ExponentialBackoff(base=1.0, cap=10.0, uniform=lambda _low, high: high))
+    slow = {"a": ItemResult("a", TransientError("a: busy", retry_after=30.0)), "b": ItemResult("b")}
+    assert batch.round_delay(highest, 1, slow) == 30.0
+    assert batch.round_delay(highest, 2, {"b": ItemResult("b", TransientError("b: busy"))}) == 2.0
+    assert batch.round_delay(highest, 1, TransientError("whole call", retry_after=5.0)) == 5.0
 
 
 def test_a_round_goes_on_while_items_not_yet_sent_in_it_remain() -> None:
@@ -131,12 +145,12 @@ def test_a_replay_queues_the_failed_items_again_except_invalid_ones() -> None:
         attempts=1,
         error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message="the request cannot be sent"),
     )
-    assert batch.for_replay([invalid, done, rejected, sent_and_refused]) == [
+    assert batch.for_replay((invalid, done, rejected, sent_and_refused)) == (
         invalid,
         done,
         ItemState(key="no"),
         ItemState(key="no-2"),
-    ]
+    )
 
 
 def test_each_chunk_has_its_own_idempotency_key_stable_for_the_same_items() -> None:
@@ -150,7 +164,7 @@ def test_each_chunk_has_its_own_idempotency_key_stable_for_the_same_items() -> N
 
 
 def test_states_survive_the_ledgers_json() -> None:
-    found = [
+    found = (
         ItemState(key="a", status=ItemStatus.SUCCEEDED, attempts=1, response={"id": "9"}),
         ItemState(
             key="b",
@@ -158,10 +172,10 @@ def test_states_survive_the_ledgers_json() -> None:
             attempts=2,
             error=ErrorInfo(type=ErrorType.TIMEOUT, message="t"),
         ),
-    ]
-    dumped = batch.dump(found)
+    )
+    dumped = dump_items(found)
     assert dumped == [
         {"key": "a", "status": "succeeded", "attempts": 1, "response": {"id": "9"}},
         {"key": "b", "status": "failed", "attempts": 2, "error": {"type": "timeout", "message": "t"}},
     ]
-    assert batch.load(dumped) == found
+    assert load_items(dumped) == found

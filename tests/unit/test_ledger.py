@@ -15,7 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from integrations.errors import ErrorInfo, ErrorType
 from integrations.ledger import models
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.store import Ledger, OperationRecord, create_ledger_engine
+from integrations.ledger.records import NewOperation, OperationRecord
+from integrations.ledger.store import Ledger, create_ledger_engine
+from integrations.replay import reset_for_replay
 from integrations.resilience.idempotency import fingerprint
 from tests.clock import Clock
 
@@ -40,15 +42,8 @@ def timed(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
 def start(
     ledger: Ledger, key: str = "charge-1", *, provider: str = "acme", request_id: str = "req-1"
 ) -> OperationRecord:
-    record = ledger.start(
-        provider=provider,
-        operation="request",
-        idempotency_key=key,
-        fingerprint=fingerprint("request", PAYLOAD),
-        payload=PAYLOAD,
-        request_id=request_id,
-        lease=LEASE,
-    )
+    new = NewOperation(provider, "request", key, fingerprint("request", PAYLOAD), PAYLOAD, request_id)
+    record = ledger.start(new, lease=LEASE)
     assert record is not None
     return record
 
@@ -80,13 +75,8 @@ def ended(ledger: Ledger, key: str, status: OperationStatus, *, provider: str = 
 
 def invalid(ledger: Ledger, key: str | None, *, payload: Any = "not a dict") -> OperationRecord:
     return ledger.record_invalid(
-        provider="acme",
-        operation="request",
-        idempotency_key=key,
-        fingerprint=fingerprint("request", payload),
-        payload=payload,
-        request_id="req-bad",
-        error=ErrorInfo(type=ErrorType.INVALID_REQUEST, message="acme.request: payload.path: Field required"),
+        NewOperation("acme", "request", key, fingerprint("request", payload), payload, "req-bad"),
+        ErrorInfo(type=ErrorType.INVALID_REQUEST, message="acme.request: payload.path: Field required"),
     )
 
 
@@ -113,13 +103,9 @@ def test_start_inserts_the_first_attempt_as_running(timed: Ledger) -> None:
 def test_start_twice_with_the_same_key_loses(ledger: Ledger) -> None:
     first = start(ledger)
 
+    other = {"other": True}
     second = ledger.start(
-        provider="acme",
-        operation="request",
-        idempotency_key="charge-1",
-        fingerprint=fingerprint("request", {"other": True}),
-        payload={"other": True},
-        request_id="req-2",
+        NewOperation("acme", "request", "charge-1", fingerprint("request", other), other, "req-2"),
         lease=LEASE,
     )
 
@@ -175,9 +161,8 @@ def test_claim_of_a_stale_record_changes_nothing(ledger: Ledger) -> None:
 def test_takeover_claim_replaces_an_invalid_request(ledger: Ledger) -> None:
     bad = invalid(ledger, "charge-1")
 
-    claimed = ledger.claim(
-        bad, lease=LEASE, request_id="req-2", takeover=("request", fingerprint("request", PAYLOAD), PAYLOAD)
-    )
+    valid = NewOperation("acme", "request", "charge-1", fingerprint("request", PAYLOAD), PAYLOAD, "req-2")
+    claimed = ledger.claim(bad, lease=LEASE, request_id="req-2", takeover=valid)
 
     assert claimed is not None
     assert ledger.get(bad.id) == claimed
@@ -334,7 +319,7 @@ def test_reset_for_replay_requeues_a_dead_operation(timed: Ledger, clock: Clock)
     dead = ended(timed, "charge-1", OperationStatus.DEAD)
     clock.set(T0 + timedelta(hours=1))
 
-    replayed = timed.reset_for_replay(dead.id)
+    replayed = reset_for_replay(timed, dead.id)[1]
 
     assert timed.get(dead.id) == replayed
     assert replayed.status is OperationStatus.QUEUED
@@ -351,7 +336,7 @@ def test_reset_for_replay_requeues_a_dead_operation(timed: Ledger, clock: Clock)
 def test_reset_for_replay_of_a_failed_operation(ledger: Ledger) -> None:
     failed = ended(ledger, "charge-1", OperationStatus.FAILED)
 
-    replayed = ledger.reset_for_replay(failed.id)
+    replayed = reset_for_replay(ledger, failed.id)[1]
 
     assert (replayed.status, replayed.attempts, replayed.replays) == (OperationStatus.QUEUED, 0, 1)
 
@@ -365,7 +350,7 @@ def test_reset_for_replay_refuses_an_operation_that_did_not_fail(
     record = ended(ledger, "charge-1", status)
 
     with pytest.raises(ValueError, match=f"is {status.value}; only failed, dead or partial ones replay"):
-        ledger.reset_for_replay(record.id)
+        reset_for_replay(ledger, record.id)[1]
 
     assert ledger.get(record.id) == record
 
@@ -374,19 +359,19 @@ def test_reset_for_replay_refuses_an_invalid_request(ledger: Ledger) -> None:
     record = invalid(ledger, "charge-1")
 
     with pytest.raises(ValueError, match="was an invalid request; the same message would fail again"):
-        ledger.reset_for_replay(record.id)
+        reset_for_replay(ledger, record.id)[1]
 
     assert ledger.get(record.id) == record
 
 
 def test_reset_for_replay_of_an_unknown_operation(ledger: Ledger) -> None:
     with pytest.raises(LookupError, match="no operation 'no-such-id' in the ledger"):
-        ledger.reset_for_replay("no-such-id")
+        reset_for_replay(ledger, "no-such-id")[1]
 
 
 def test_restore_undoes_a_replay(ledger: Ledger) -> None:
     dead = ended(ledger, "charge-1", OperationStatus.DEAD)
-    replayed = ledger.reset_for_replay(dead.id)
+    replayed = reset_for_replay(ledger, dead.id)[1]
 
     ledger.restore(dead, replayed)
 

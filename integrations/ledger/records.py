@@ -1,0 +1,105 @@
+"""The values the ledger hands out and takes: an operation's record, a new operation, a batch item's state.
+
+Rows are converted to and from these at the ledger's edge (``store.py``): the rest of the core never sees
+a row or a JSON document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+from integrations.errors import ErrorInfo
+from integrations.ledger.models import OperationStatus
+
+
+class ItemStatus(StrEnum):
+    QUEUED = "queued"  # not sent yet, or to be sent again
+    RUNNING = "running"  # in the call under way (or in one whose worker was lost)
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # for good: rejected, invalid, or retries exhausted
+
+
+class ItemState(BaseModel):
+    """One item of a batch operation, as the ledger keeps it."""
+
+    key: str
+    status: ItemStatus = ItemStatus.QUEUED
+    attempts: int = 0
+    error: ErrorInfo | None = None
+    response: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{key, status, attempts, error?, response?}``: what results and ``ops show`` give."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+Items = tuple[ItemState, ...]
+
+
+@dataclass(frozen=True)
+class NewOperation:
+    """What identifies an operation a message asks for, before the ledger has a row for it."""
+
+    provider: str
+    operation: str
+    idempotency_key: str | None  # None only for a message whose key itself was invalid
+    fingerprint: str
+    payload: Any
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """A ledger row, detached from any database session. ``items``: a batch's item states, in the
+    order of the message's items (``None`` for a single operation)."""
+
+    id: str
+    provider: str
+    operation: str
+    idempotency_key: str | None
+    fingerprint: str
+    payload: Any
+    request_id: str | None
+    status: OperationStatus
+    attempts: int
+    replays: int
+    version: int
+    error: dict[str, Any] | None
+    response: Any
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    lease_expires_at: datetime | None
+    waiting: str | None
+    items: Items | None = None
+
+    @property
+    def where(self) -> str:
+        """``<provider>.<operation>``, as messages and logs name an operation."""
+        return f"{self.provider}.{self.operation}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as operators see it (``integrations ops show --json``)."""
+        data = {"operation_id": self.id} | asdict(self)
+        del data["id"], data["fingerprint"], data["version"]
+        data["status"] = self.status.value
+        data["items"] = dump_items(self.items)
+        for name, value in data.items():
+            if isinstance(value, datetime):
+                data[name] = value.isoformat()
+        return data
+
+
+def dump_items(items: Items | None) -> list[dict[str, Any]] | None:
+    return None if items is None else [item.to_json() for item in items]
+
+
+def load_items(raw: Any) -> Items | None:
+    return None if raw is None else tuple(ItemState.model_validate(item) for item in raw)
