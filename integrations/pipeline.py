@@ -3,13 +3,13 @@
 ``OperationRunner.run`` takes one delivery of a message and returns an ``Outcome``; ``tasks/`` turns that
 into Celery terms. Nothing else decides retries. The steps, each its own function or object:
 
-1. parse        the kwargs and the payload (``message.py``); a bad message is recorded as invalid
+1. parse        the kwargs (the whole contract) and the payload; a bad message is recorded as invalid
 2. idempotency  the ledger row for (provider, key) decides: start, claim, replay, conflict, wait
                 (``resilience/idempotency.py``)
 3. plan         what the call sends: one request, or a chunk of a batch (``strategies.py``)
 4. admit        the guards, breaker then throttle (``guard.py``); a "wait" uses no attempt
 5. claim        the attempt, by compare-and-set on the row (``ledger/store.py``)
-6. execute      the call, and its outcome recorded (``strategies.py``, ``recorder.py``)
+6. execute      the call, and its outcome recorded (``strategies.py``)
 
 The hot path costs one ledger read and two ledger writes (claim, finish) per attempt.
 """
@@ -22,6 +22,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from integrations.adapters.base import Adapter, BatchPayload, redact_credentials
 from integrations.errors import ErrorInfo, ErrorType, InvalidRequest, LedgerUnavailable
@@ -29,20 +32,121 @@ from integrations.guard import Attempt, Guard, GuardChain
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.store import Clock, Ledger, storable, utcnow
-from integrations.message import Delivery, Request, parse_message
 from integrations.outcome import Defer, Done, Failed, Outcome, WaitReason, poll_delay, result
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
-from integrations.recorder import Recorder
 from integrations.resilience import idempotency
 from integrations.resilience.backoff import MAX_RETRY_AFTER
 from integrations.resilience.retry import RetryPolicy
-from integrations.strategies import Batch, Plan, Single, Strategy
+from integrations.strategies import Batch, Plan, Recorder, Single, Strategy
 
 log = logging.getLogger("integrations.operations")
 
 MAX_INTERNAL_ERROR_REDELIVERIES = 5
 # A claim lost to another worker re-reads the row and decides again, this many times.
 CLAIM_TRIES = 3
+
+
+def _printable(value: str | None) -> str | None:
+    if value is not None and not value.isprintable():
+        raise ValueError("must contain printable characters only (no control characters or newlines)")
+    return value
+
+
+class OperationMessage(BaseModel):
+    """The kwargs of a message: the whole contract between an application and the workers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    payload: dict[str, Any]
+    idempotency_key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
+    request_id: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
+
+    _check_printable = field_validator("idempotency_key", "request_id")(_printable)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a message to a worker."""
+
+    operation: str
+    kwargs: Mapping[str, Any]
+    args: Sequence[Any] = ()
+    message_id: str | None = None  # the broker message's id, kept across its redeliveries
+    redeliveries: int = 0  # how often this message was already put back (deferred or retried)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A delivery whose message is valid: its kwargs, the payload as the adapter's model, and the
+    fingerprint that tells the same request from another under one key."""
+
+    delivery: Delivery
+    provider: str
+    message: OperationMessage
+    payload: BaseModel
+    fingerprint: str
+
+    @classmethod
+    def of(cls, delivery: Delivery, provider: str, message: OperationMessage, payload: BaseModel) -> Request:
+        return cls(
+            delivery, provider, message, payload, idempotency.fingerprint(delivery.operation, message.payload)
+        )
+
+    @property
+    def key(self) -> str:
+        return self.message.idempotency_key
+
+    @property
+    def where(self) -> str:
+        return f"{self.provider}.{self.delivery.operation}"
+
+    def new_operation(self, request_id: str | None = None) -> NewOperation:
+        """The operation as this message describes it, for a new ledger row or a takeover."""
+        return NewOperation(
+            provider=self.provider,
+            operation=self.delivery.operation,
+            idempotency_key=self.key,
+            fingerprint=self.fingerprint,
+            payload=self.message.payload,
+            request_id=request_id or self.message.request_id,
+        )
+
+
+def parse_message(delivery: Delivery, where: str) -> OperationMessage:
+    """The kwargs as an ``OperationMessage``; ``InvalidRequest`` names every problem."""
+    if delivery.args:
+        raise InvalidRequest(
+            f"{where}: positional arguments are not accepted; send "
+            "kwargs={'payload': ..., 'idempotency_key': ..., 'request_id': ...}"
+        )
+    try:
+        message = OperationMessage.model_validate(dict(delivery.kwargs))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(kwargs)'}: "
+            + (
+                "unexpected key; the message takes payload, idempotency_key and request_id"
+                if e["type"] == "extra_forbidden"
+                else e["msg"]
+            )
+            for e in exc.errors()
+        )
+        raise InvalidRequest(f"{where}: {problems}") from None
+    if has_nul(message.payload):
+        raise InvalidRequest(
+            f"{where}: payload contains a NUL character (\\u0000), which the ledger cannot store; remove it"
+        )
+    return message
+
+
+def has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
 
 
 @dataclass

@@ -18,9 +18,8 @@ from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation
 from integrations.ledger.store import Ledger, create_ledger_engine
-from integrations.message import Delivery
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry
-from integrations.pipeline import MAX_INTERNAL_ERROR_REDELIVERIES, OperationRunner
+from integrations.pipeline import MAX_INTERNAL_ERROR_REDELIVERIES, Delivery, OperationRunner
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience.idempotency import fingerprint
 from integrations.testing.provider import ProviderSimulator
