@@ -102,7 +102,7 @@ def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
 def test_the_core_imports_nothing_of_celery_config_or_tasks() -> None:
     files = sorted(CORE.rglob("*.py"))
     found = [(path, line, module) for path in files for line, module in imported_modules(path)]
-    assert CORE / "cli.py" in files and len(found) > 100  # the walk reads the core, not an empty folder
+    assert CORE / "cli" / "__init__.py" in files and len(found) > 100  # the walk reads the core, not an empty folder
     outward = [
         f"{path.relative_to(CORE.parent)}:{line}: imports {module}"
         for path, line, module in found

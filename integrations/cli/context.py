@@ -1,0 +1,60 @@
+"""What every operator command shares: the context the wiring hands in, user errors, output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+
+from integrations.errors import IntegrationsError
+from integrations.ledger.records import OperationRecord
+from integrations.ledger.store import Ledger
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    """What the operator commands need from the wiring: where state lives, how long ended operations are
+    kept, and how to send a replayed operation's message (``publish(record) -> task id``)."""
+
+    database_url: str
+    redis_url: str
+    providers_file: Path
+    retention: timedelta
+    dead_letter_retention: timedelta
+    publish: Callable[[OperationRecord], str]
+
+
+def current() -> OperatorContext:
+    """The running command's context, made on first use so settings are read when a command runs."""
+    made: Callable[[], OperatorContext] = click.get_current_context().find_root().obj
+    return made()
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors a user can fix end the command with their message, not a traceback."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        where = current().redis_url.rsplit("@", 1)[-1]
+        raise click.ClickException(f"Redis at {where} (REDIS_URL) cannot be reached: {exc}") from exc
+    except (IntegrationsError, LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+
+
+def open_ledger() -> Ledger:
+    return Ledger.connect(current().database_url)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))

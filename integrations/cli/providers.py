@@ -1,0 +1,209 @@
+"""Operator commands on the providers: the shared breakers, the live rate limits, the providers file."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.table import Table
+
+from integrations.cli.context import console, current, print_json, user_errors
+from integrations.providers import ProviderSettings, Rate
+from integrations.resilience.breaker import SharedBreaker
+from integrations.resilience.throttle import Throttle
+from integrations.runtime import Runtime
+
+
+def _runtime() -> Runtime:
+    context = current()
+    return Runtime.load(context.providers_file, context.database_url, context.redis_url)
+
+
+def _provider(runtime: Runtime, name: str) -> ProviderSettings:
+    try:
+        return runtime.providers[name]
+    except KeyError:
+        known = ", ".join(sorted(runtime.providers)) or "none"
+        raise click.ClickException(f"no provider {name!r} in the providers file (known: {known})") from None
+
+
+def _breakers(runtime: Runtime, names: list[str]) -> list[SharedBreaker]:
+    providers = [_provider(runtime, name) for name in names] or list(runtime.providers.values())
+    return [SharedBreaker(runtime.redis, p.name, p.breaker, probe_ttl=p.lease_seconds) for p in providers]
+
+
+@click.group()
+def breaker() -> None:
+    """The circuit breaker of each provider, shared by every worker (state in Redis)."""
+
+
+@breaker.command("show")
+@click.argument("provider", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def breaker_show(provider: str | None, as_json: bool) -> None:
+    """Show state, counts, when it opened and when it may half-open."""
+    with user_errors():
+        runtime = _runtime()
+        statuses = [b.status() for b in _breakers(runtime, [provider] if provider else [])]
+    if as_json:
+        print_json([status.to_json() for status in statuses])
+        return
+    table = Table(
+        "provider", "state", "failures in a row", "window (failed/calls)", "opened", "may half-open"
+    )
+    for status in statuses:
+        state = status.state + (f" (forced {status.forced})" if status.forced else "")
+        if status.probe_in_flight:
+            state += ", probe in flight"
+        table.add_row(
+            status.provider,
+            state,
+            str(status.consecutive_failures),
+            f"{status.window_failures}/{status.window_calls}",
+            _when(status.opened_at),
+            _when(status.half_open_at),
+        )
+    console.print(table)
+
+
+@breaker.command("open")
+@click.argument("provider")
+@click.option(
+    "--for",
+    "seconds",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="End by itself after this many seconds.",
+)
+def breaker_open(provider: str, seconds: float | None) -> None:
+    """Force PROVIDER's breaker open (a maintenance window): no calls until `breaker close`."""
+    with user_errors():
+        [shared] = _breakers(_runtime(), [provider])
+        shared.force_open(seconds)
+    until = f" for {seconds:g}s" if seconds is not None else f" until `integrations breaker close {provider}`"
+    click.echo(f"breaker of {provider} forced open{until}; operations wait, using no attempts")
+
+
+@breaker.command("close")
+@click.argument("provider")
+def breaker_close(provider: str) -> None:
+    """End any forcing and close PROVIDER's breaker with fresh counts."""
+    with user_errors():
+        [shared] = _breakers(_runtime(), [provider])
+        shared.close()
+    click.echo(f"breaker of {provider} closed")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+@click.group()
+def limits() -> None:
+    """Rate limits of each provider, tunable live for every worker (within a second, no restart)."""
+
+
+@limits.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def limits_show(as_json: bool) -> None:
+    """Show each provider's effective rate limit beside the providers file's."""
+    with user_errors():
+        runtime = _runtime()
+        rows: list[dict[str, Any]] = []
+        for provider in runtime.providers.values():
+            throttle = Throttle(runtime.redis, provider)
+            current = throttle.limits()
+            rows.append(
+                {
+                    "provider": provider.name,
+                    "effective_rate_per_second": current.rate,
+                    "effective_burst": current.burst,
+                    "overridden": current.overridden,
+                    "file_rate_limit": provider.rate_limit.text if provider.rate_limit else None,
+                    "file_burst": provider.capacity,
+                    "paused_for_seconds": round(throttle.paused_for(), 3),
+                }
+            )
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("provider", "effective", "file", "paused")
+    for row in rows:
+        effective = (
+            f"{row['effective_rate_per_second']:g}/s burst {row['effective_burst']}"
+            if row["effective_rate_per_second"]
+            else "unlimited"
+        )
+        if row["overridden"]:
+            effective += " (set live)"
+        file_value = (
+            f"{row['file_rate_limit']} burst {row['file_burst']}" if row["file_rate_limit"] else "unlimited"
+        )
+        paused = f"{row['paused_for_seconds']:g}s" if row["paused_for_seconds"] else "-"
+        table.add_row(row["provider"], effective, file_value, paused)
+    console.print(table)
+
+
+@limits.command("set")
+@click.argument("provider")
+@click.argument("rate")
+@click.option(
+    "--burst", type=click.IntRange(min=1), default=None, help="Bucket size (default: one second's worth)."
+)
+def limits_set(provider: str, rate: str, burst: int | None) -> None:
+    """Set PROVIDER's rate limit to RATE (N/s, N/m or N/h) on every running worker."""
+    with user_errors():
+        runtime = _runtime()
+        parsed = Rate.parse(rate)
+        applied = Throttle(runtime.redis, _provider(runtime, provider)).set_limits(parsed, burst)
+    click.echo(f"{provider}: {parsed.text} (burst {applied.burst}) for every worker, until `limits reset`")
+
+
+@limits.command("reset")
+@click.argument("provider")
+def limits_reset(provider: str) -> None:
+    """Return PROVIDER to the providers file's rate limit."""
+    with user_errors():
+        runtime = _runtime()
+        effective = Throttle(runtime.redis, _provider(runtime, provider)).reset_limits()
+    shown = f"{effective.rate:g}/s burst {effective.burst}" if effective.rate else "unlimited"
+    click.echo(f"{provider}: back to the providers file's limit ({shown}); any pause ended")
+
+
+@click.command("providers")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+def providers_command(as_json: bool) -> None:
+    """List configured providers with their queue, tasks and limits."""
+    context = current()
+    with user_errors():
+        runtime = _runtime()
+    rows: list[dict[str, Any]] = [
+        {
+            "provider": name,
+            "adapter": provider.adapter,
+            "queue": provider.queue,
+            "tasks": [provider.task_name(op) for op in runtime.adapter_classes[name].operations],
+            "base_url": provider.base_url,
+            "rate_limit": provider.rate_limit.text if provider.rate_limit else None,
+            "burst": provider.burst,
+            "max_attempts": provider.retry.max_attempts,
+        }
+        for name, provider in runtime.providers.items()
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(
+        "provider", "adapter", "queue", "tasks", "rate limit", "attempts", title=str(context.providers_file)
+    )
+    for row in rows:
+        table.add_row(
+            row["provider"],
+            row["adapter"],
+            row["queue"],
+            "\n".join(row["tasks"]),
+            f"{row['rate_limit'] or '-'} (burst {row['burst'] or '-'})",
+            str(row["max_attempts"]),
+        )
+    console.print(table)
