@@ -75,8 +75,8 @@ class Bench:
         """When the last operation was first delivered to a worker, on the simulator's clock."""
         from sqlalchemy import func, select
 
+        from integrations.ledger.engine import create_ledger_engine
         from integrations.ledger.models import Operation
-        from integrations.ledger.store import create_ledger_engine
 
         engine = create_ledger_engine(self.env["DATABASE_URL"])
         with engine.connect() as connection:
@@ -109,7 +109,7 @@ def wait_all(results: Sequence[AsyncResult], timeout: float = 600) -> tuple[int,
 def _truncate(database: str) -> None:
     from sqlalchemy import text
 
-    from integrations.ledger.store import create_ledger_engine
+    from integrations.ledger.engine import create_ledger_engine
 
     engine = create_ledger_engine(database)
     with engine.begin() as connection:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from integrations.ledger.store import OperationRecord
+from integrations.ledger.records import OperationRecord
 from integrations.providers import queue_name, task_name
 
 

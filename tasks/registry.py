@@ -13,7 +13,7 @@ from config.settings import Settings
 from integrations.auth import check_secrets
 from integrations.errors import ConfigError
 from integrations.ledger import schema
-from integrations.ledger.store import create_ledger_engine
+from integrations.ledger.engine import create_ledger_engine
 from integrations.redaction import install as install_redaction
 from integrations.runtime import Runtime
 from tasks.maintenance import MAINTENANCE_QUEUE, PRUNE_TASK, register_maintenance

@@ -19,8 +19,9 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 
 from integrations.ledger import schema
+from integrations.ledger.engine import database_url
 from integrations.ledger.models import Operation
-from integrations.ledger.store import Ledger, database_url
+from integrations.ledger.store import Ledger
 from integrations.testing.provider import ProviderSimulator
 from integrations.testing.redis_server import redis_for
 

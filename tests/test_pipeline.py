@@ -15,9 +15,10 @@ from sqlalchemy import event
 
 from integrations.adapters.http import HttpAdapter
 from integrations.errors import ErrorType
+from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation
-from integrations.ledger.store import Ledger, create_ledger_engine
+from integrations.ledger.store import Ledger
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry
 from integrations.pipeline import MAX_INTERNAL_ERROR_REDELIVERIES, Delivery, OperationRunner
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings

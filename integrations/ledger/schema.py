@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from integrations.ledger.store import database_url
+from integrations.ledger.engine import database_url
 
 
 def alembic_config(url: str) -> Config:

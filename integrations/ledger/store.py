@@ -19,15 +19,13 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
     DisconnectionError,
     IntegrityError,
@@ -38,6 +36,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from integrations.errors import ErrorInfo, LedgerUnavailable
+from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import ENDED_BADLY, Operation, OperationStatus
 from integrations.ledger.records import (
     Items,
@@ -49,16 +48,6 @@ from integrations.ledger.records import (
 
 Clock = Callable[[], datetime]
 _table = cast(Table, Operation.__table__)
-
-__all__ = [
-    "Clock",
-    "Ledger",
-    "NewOperation",
-    "OperationRecord",
-    "create_ledger_engine",
-    "database_url",
-    "utcnow",
-]
 
 
 def utcnow() -> datetime:
@@ -75,34 +64,6 @@ def storable(value: Any) -> Any:
     if isinstance(value, list):
         return [storable(item) for item in value]
     return value
-
-
-def database_url(url: str) -> str:
-    """Accept the usual ``postgresql://`` and ``postgres://`` URLs and use the psycopg 3 driver for them."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-def create_ledger_engine(url: str) -> Engine:
-    url = database_url(url)
-    if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            # WAL lets worker processes read while one writes; busy_timeout waits for the writer.
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    # No pre-ping (a round trip per checkout): a dropped connection fails one statement, which the
-    # pipeline treats as a ledger outage and retries; SQLAlchemy replaces the connection meanwhile.
-    return create_engine(url, pool_recycle=1800)
 
 
 class Ledger:

@@ -9,7 +9,7 @@ import pytest
 
 from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.store import OperationRecord
+from integrations.ledger.records import OperationRecord
 from integrations.resilience.idempotency import (
     Claim,
     Conflict,

@@ -14,9 +14,10 @@ from alembic.runtime.migration import MigrationContext
 
 from integrations.errors import ErrorInfo, ErrorType
 from integrations.ledger import models
+from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord
-from integrations.ledger.store import Ledger, create_ledger_engine
+from integrations.ledger.store import Ledger
 from integrations.replay import reset_for_replay
 from integrations.resilience.idempotency import fingerprint
 from tests.clock import Clock

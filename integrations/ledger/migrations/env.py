@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import metadata
-from integrations.ledger.store import create_ledger_engine
 
 url = context.config.attributes["url"]
 connectable = context.config.attributes.get("connection")
