@@ -10,6 +10,7 @@ from email.utils import formatdate
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
 
 from integrations.testing.provider import ProviderSimulator
 
@@ -121,12 +122,12 @@ def test_fail_status_and_error_body(sim: ProviderSimulator) -> None:
 
 @pytest.mark.parametrize("retry_after", ["7", formatdate(0, usegmt=True)])
 def test_retry_after_is_passed_through_on_errors_only(sim: ProviderSimulator, retry_after: str) -> None:
-    params = {"fail": 1, "retry_after": retry_after}
+    params: dict[str, str | int] = {"fail": 1, "retry_after": retry_after}
     headers = {"Idempotency-Key": "ra"}
 
     failed = requests.post(f"{sim.url}/v1/charges", params=params, headers=headers, timeout=5)
     succeeded = requests.post(f"{sim.url}/v1/charges", params=params, headers=headers, timeout=5)
-    always = requests.get(f"{sim.url}/v1/x", params={"status": 503, "retry_after": retry_after}, timeout=5)
+    always = requests.get(f"{sim.url}/v1/x", params={"status": "503", "retry_after": retry_after}, timeout=5)
 
     assert failed.status_code == 503
     assert failed.headers["Retry-After"] == retry_after
@@ -243,7 +244,9 @@ def test_keep_alive_serves_many_requests_on_one_connection(sim: ProviderSimulato
         statuses = [
             session.post(f"{sim.url}/v1/items", json={"i": i}, timeout=5).status_code for i in range(200)
         ]
-        pools = session.get_adapter(sim.url).poolmanager.pools
+        adapter = session.get_adapter(sim.url)
+        assert isinstance(adapter, HTTPAdapter)
+        pools = adapter.poolmanager.pools
         opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
 
         assert statuses == [200] * 200
