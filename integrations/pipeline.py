@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from integrations.adapters.base import Adapter, BatchPayload, redact_credentials
+from integrations.adapters.base import Adapter, BatchPayload
+from integrations.adapters.message_rules import redact_credentials
 from integrations.errors import ErrorInfo, ErrorType, InvalidRequest, LedgerUnavailable
 from integrations.guard import Attempt, Guard, GuardChain
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus

@@ -14,7 +14,8 @@ import requests
 from sqlalchemy import select
 
 from integrations.adapters.base import Reply
-from integrations.adapters.stripe import PaymentIntent, Refund, StripeAdapter, form_encode
+from integrations.adapters.stripe import StripeAdapter, form_encode
+from integrations.adapters.stripe_payments import PaymentIntent, Refund
 from integrations.auth import BearerAuth, static_credentials
 from integrations.errors import (
     ContractViolation,

@@ -9,7 +9,6 @@ operation's response model. Foreign exceptions are mapped to ``integrations.erro
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
@@ -17,6 +16,12 @@ from typing import Any, ClassVar, TypeVar
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from integrations.adapters.answers import (
+    answer_mismatch,
+    classify_http_response,
+    response_body,
+    validation_problems,
+)
 from integrations.auth import Credentials
 from integrations.batch import MAX_BATCH_ITEMS, BatchItem, ItemResult, item_key
 from integrations.errors import (
@@ -24,25 +29,10 @@ from integrations.errors import (
     ErrorType,
     InvalidRequest,
     OperationError,
-    ProviderRejected,
     TransientError,
 )
 from integrations.ledger.models import MAX_KEY_LENGTH
 from integrations.providers import ProviderSettings
-from integrations.resilience.backoff import parse_retry_after
-
-# Bodies kept in the ledger and in error messages are cut here: enough to diagnose, not a data dump.
-MAX_BODY_CHARS = 4096
-
-# Headers the worker sets itself; a payload may not supply them.
-RESERVED_HEADERS = frozenset({"idempotency-key", "x-request-id", "content-length", "host"})
-# Credentials come from the worker's configuration, never from a message (they would travel through the
-# broker and be stored and logged). Header and query-parameter names that look like one are refused.
-CREDENTIAL_NAME = re.compile(
-    r"authori[sz]ation|cookie|token|secret|passw(or)?d|api[-_]?key|access[-_]?key|private[-_]?key|"
-    r"signature|session|credential|^key$",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -174,7 +164,7 @@ class Adapter:
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
-            raise InvalidRequest(f"{self.where(operation)}: {_problems(exc, 'payload')}") from None
+            raise InvalidRequest(f"{self.where(operation)}: {validation_problems(exc, 'payload')}") from None
 
     def parse_batch(self, operation: str, payload: BatchPayload, idempotency_key: str) -> list[BatchItem]:
         """The items of a batch message, each with its key: the caller's (the spec's ``key`` field) or
@@ -201,7 +191,7 @@ class Adapter:
             try:
                 value = spec.item.model_validate(raw)
             except ValidationError as exc:
-                items.append(BatchItem(key, position, None, _problems(exc, field)))
+                items.append(BatchItem(key, position, None, validation_problems(exc, field)))
                 continue
             items.append(BatchItem(key, position, None if problem else value, problem))
         return items
@@ -337,124 +327,3 @@ class Adapter:
             return spec.response.model_validate(response.json())
         except ValueError as exc:  # not JSON, or a pydantic ValidationError
             raise answer_mismatch(self.where(spec.name), spec.response, exc, response) from None
-
-
-def answer_mismatch(
-    where: str, model: type[BaseModel], exc: ValueError, response: requests.Response, body: Any = None
-) -> ContractViolation:
-    """The ``ContractViolation`` of an answer that does not fit ``model``: it names the fields, never
-    their values (an answer may hold what must not be logged), and keeps the body for the ledger."""
-    if isinstance(exc, ValidationError):
-        detail = _problems(exc, "answer")
-    else:
-        detail = f"the body is not JSON (HTTP {response.status_code})"
-    return ContractViolation(
-        f"{where}: the provider's answer does not match {model.__name__} (has its API changed?): {detail}",
-        status_code=response.status_code,
-        body=response_body(response) if body is None else body,
-    )
-
-
-def _problems(exc: ValidationError, prefix: str) -> str:
-    """A pydantic error as ``<prefix>.<field>: <message>; ...``."""
-    return "; ".join(
-        f"{'.'.join([prefix, *(str(p) for p in e['loc'])])}: {e['msg']}"
-        for e in exc.errors(include_input=False)
-    )
-
-
-def classify_http_response(where: str, response: requests.Response) -> OperationError | None:
-    """HTTP semantics: 2xx success; 408, 429, 5xx transient; any other status a rejection."""
-    status = response.status_code
-    if 200 <= status < 300:
-        return None
-    body = response_body(response)
-    if status == 429:
-        return TransientError(
-            f"{where}: rate limited (HTTP 429)",
-            error_type=ErrorType.RATE_LIMITED,
-            status_code=status,
-            body=body,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    if status == 408 or status >= 500:
-        return TransientError(
-            f"{where}: provider unavailable (HTTP {status})",
-            error_type=ErrorType.TIMEOUT if status == 408 else ErrorType.PROVIDER_UNAVAILABLE,
-            status_code=status,
-            body=body,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    return ProviderRejected(
-        f"{where}: provider rejected the request (HTTP {status})", status_code=status, body=body
-    )
-
-
-def reclassified(
-    error: OperationError,
-    response: requests.Response,
-    kind: type[OperationError],
-    message: str,
-    *,
-    error_type: ErrorType | None = None,
-) -> OperationError:
-    """``error`` re-typed as ``kind``, where a provider's own rule overrides HTTP's (an answer it says to
-    retry, or not to): same status, body and headers; ``error_type`` or the kind's own type; a retried
-    kind keeps the error's ``retry_after`` or reads the answer's ``Retry-After``, a rejection has none."""
-    retry_after = None
-    if kind.retryable:
-        retry_after = error.retry_after
-        if retry_after is None:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    again = kind(
-        message,
-        error_type=error_type,
-        status_code=error.status_code,
-        body=error.body,
-        retry_after=retry_after,
-    )
-    again.headers = error.headers
-    return again
-
-
-def response_body(response: requests.Response) -> Any:
-    """The body for diagnosis: parsed JSON when it is JSON, else text, cut to ``MAX_BODY_CHARS``."""
-    content_type = response.headers.get("Content-Type", "")
-    if "json" in content_type:
-        try:
-            return response.json()
-        except ValueError:
-            pass
-    text = response.text
-    return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS] + "…"
-
-
-def redact_credentials(value: Any) -> Any:
-    """A copy of ``value`` with credential headers' values replaced, for recording a refused message."""
-    if isinstance(value, dict):
-        return {
-            key: "[redacted]"
-            if isinstance(key, str) and CREDENTIAL_NAME.search(key)
-            else redact_credentials(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [redact_credentials(item) for item in value]
-    return value
-
-
-def check_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """Refuse payload headers that the worker owns or that would carry credentials."""
-    for name in headers:
-        if name.lower() in RESERVED_HEADERS:
-            raise ValueError(f"header {name!r} is set by the worker (from idempotency_key / request_id)")
-        check_not_credential("header", name)
-    return headers
-
-
-def check_not_credential(kind: str, name: str) -> None:
-    if CREDENTIAL_NAME.search(name):
-        raise ValueError(
-            f"{kind} {name!r} looks like a credential, which must not travel in messages (they would be "
-            "stored and logged); declare credentials in the providers file under [providers.<name>.auth]"
-        )

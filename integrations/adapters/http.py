@@ -7,14 +7,8 @@ from typing import Any, Literal
 import requests
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from integrations.adapters.base import (
-    Adapter,
-    HttpCall,
-    OperationSpec,
-    check_headers,
-    check_not_credential,
-    operation,
-)
+from integrations.adapters.base import Adapter, HttpCall, OperationSpec, operation
+from integrations.adapters.message_rules import check_headers, check_not_credential
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 

@@ -21,7 +21,8 @@ from typing import Any, Literal
 import requests
 from pydantic import BaseModel, ConfigDict, Field
 
-from integrations.adapters.base import Adapter, HttpCall, answer_mismatch, batch_operation, response_body
+from integrations.adapters.answers import answer_mismatch, response_body
+from integrations.adapters.base import Adapter, HttpCall, batch_operation
 from integrations.batch import BatchItem, ItemResult
 from integrations.errors import ContractViolation, OperationError, ProviderRejected, TransientError
 

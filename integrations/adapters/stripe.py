@@ -14,19 +14,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
-from integrations.adapters.base import (
-    Adapter,
-    HttpCall,
-    OperationSpec,
-    answer_mismatch,
-    operation,
-    reclassified,
-    response_body,
+from integrations.adapters.answers import answer_mismatch, reclassified, response_body
+from integrations.adapters.base import Adapter, HttpCall, OperationSpec, operation
+from integrations.adapters.stripe_payments import (
+    CreatePaymentIntent,
+    CreateRefund,
+    PaymentIntent,
+    Refund,
+    StripeObject,
 )
 from integrations.errors import (
     ErrorType,
@@ -35,10 +35,6 @@ from integrations.errors import (
     TransientError,
 )
 
-# Stripe's metadata limits: 50 keys, keys up to 40 characters without square brackets, values up to 500.
-MAX_METADATA_KEYS = 50
-MAX_METADATA_KEY_LENGTH = 40
-MAX_METADATA_VALUE_LENGTH = 500
 # An API key as Stripe writes one, masked or not (an answer to a bad key quotes it masked).
 _API_KEY = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[0-9A-Za-z*]+")
 
@@ -69,163 +65,7 @@ def _encode_into(fields: dict[str, str], key: str, value: Any) -> None:
         raise TypeError(f"{key}: {type(value).__name__} has no form encoding")
 
 
-def _metadata(value: dict[str, str] | None) -> dict[str, str] | None:
-    if value is None:
-        return None
-    if len(value) > MAX_METADATA_KEYS:
-        raise ValueError(f"at most {MAX_METADATA_KEYS} keys (Stripe's limit), not {len(value)}")
-    for key, item in value.items():
-        if not 0 < len(key) <= MAX_METADATA_KEY_LENGTH or "[" in key or "]" in key:
-            raise ValueError(
-                f"key {key!r}: 1 to {MAX_METADATA_KEY_LENGTH} characters without square brackets"
-            )
-        if len(item) > MAX_METADATA_VALUE_LENGTH:
-            raise ValueError(f"value of {key!r}: at most {MAX_METADATA_VALUE_LENGTH} characters")
-    return value
-
-
-Amount = Annotated[int, Field(strict=True, ge=1, le=99_999_999)]  # smallest currency unit, up to 8 digits
-Currency = Annotated[str, Field(pattern=r"^[a-z]{3}$")]  # ISO 4217, lower-case
-StatementDescriptor = Annotated[str, Field(min_length=1, max_length=22)]
-
-
-class _Request(BaseModel):
-    # A typo must not be dropped silently: it is refused, naming the field.
-    model_config = ConfigDict(extra="forbid")
-
-
-class AutomaticPaymentMethods(_Request):
-    enabled: bool
-    allow_redirects: Literal["always", "never"] | None = None
-
-
-class CreatePaymentIntent(_Request):
-    """Payload of ``integrations.<provider>.create_payment_intent``: Stripe's documented parameters of
-    ``POST /v1/payment_intents`` that an asynchronous, server-side caller uses."""
-
-    amount: Amount
-    currency: Currency
-    customer: str | None = None
-    payment_method: str | None = None
-    payment_method_types: list[str] | None = None
-    automatic_payment_methods: AutomaticPaymentMethods | None = None
-    confirm: bool | None = None
-    off_session: bool | Literal["one_off", "recurring"] | None = None
-    error_on_requires_action: bool | None = None
-    return_url: str | None = None
-    capture_method: Literal["automatic", "automatic_async", "manual"] | None = None
-    setup_future_usage: Literal["off_session", "on_session"] | None = None
-    description: str | None = None
-    metadata: dict[str, str] | None = None
-    receipt_email: str | None = None
-    statement_descriptor: StatementDescriptor | None = None
-    statement_descriptor_suffix: StatementDescriptor | None = None
-    transfer_group: str | None = None
-
-    _check_metadata = field_validator("metadata")(_metadata)
-
-    @model_validator(mode="after")
-    def _confirm_only_parameters(self) -> CreatePaymentIntent:
-        # Stripe: "This parameter can only be used with confirm=true".
-        given = [
-            name
-            for name in ("off_session", "error_on_requires_action", "return_url")
-            if getattr(self, name) not in (None, False)
-        ]
-        if given and self.confirm is not True:
-            raise ValueError(f"{', '.join(given)} can only be used with confirm=true")
-        return self
-
-
-class CreateRefund(_Request):
-    """Payload of ``integrations.<provider>.create_refund``: ``POST /v1/refunds`` of one PaymentIntent
-    or one charge, in full or for ``amount``."""
-
-    payment_intent: str | None = None
-    charge: str | None = None
-    amount: Amount | None = None
-    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
-    metadata: dict[str, str] | None = None
-    instructions_email: str | None = None
-    refund_application_fee: bool | None = None
-    reverse_transfer: bool | None = None
-
-    _check_metadata = field_validator("metadata")(_metadata)
-
-    @model_validator(mode="after")
-    def _one_payment(self) -> CreateRefund:
-        if (self.payment_intent is None) == (self.charge is None):
-            raise ValueError("give exactly one of payment_intent or charge: the payment to refund")
-        return self
-
-
-class _Object(BaseModel):
-    # Stripe adds fields within an API version; only the fields declared here are relied on and kept.
-    model_config = ConfigDict(extra="ignore")
-
-
-class PaymentError(_Object):
-    """``last_payment_error``: why the latest payment attempt failed (without the payment method's details)."""
-
-    type: str | None = None
-    code: str | None = None
-    decline_code: str | None = None
-    message: str | None = None
-    doc_url: str | None = None
-
-
-class PaymentIntent(_Object):
-    """A PaymentIntent as this adapter returns and the ledger keeps it.
-
-    ``client_secret`` is left out on purpose: Stripe says it "should not be stored, logged, or exposed to
-    anyone other than the customer", and results and the ledger store this response. An application that
-    confirms on the client fetches the secret from Stripe when it needs it.
-    """
-
-    id: str
-    object: Literal["payment_intent"]
-    amount: int
-    currency: str
-    status: Literal[
-        "requires_payment_method",
-        "requires_confirmation",
-        "requires_action",
-        "processing",
-        "requires_capture",
-        "canceled",
-        "succeeded",
-    ]
-    created: int
-    livemode: bool
-    amount_received: int | None = None
-    capture_method: str | None = None
-    customer: str | None = None
-    payment_method: str | None = None
-    latest_charge: str | None = None
-    description: str | None = None
-    receipt_email: str | None = None
-    metadata: dict[str, str] = {}
-    cancellation_reason: str | None = None
-    last_payment_error: PaymentError | None = None
-
-
-class Refund(_Object):
-    """A Refund as this adapter returns it; ``status`` is nullable in Stripe's documentation."""
-
-    id: str
-    object: Literal["refund"]
-    amount: int
-    currency: str
-    status: Literal["pending", "requires_action", "succeeded", "failed", "canceled"] | None
-    created: int
-    payment_intent: str | None = None
-    charge: str | None = None
-    reason: str | None = None
-    failure_reason: str | None = None
-    metadata: dict[str, str] = {}
-
-
-class _ErrorDetail(_Object):
+class _ErrorDetail(StripeObject):
     type: str | None = None
     code: str | None = None
     message: str | None = None
@@ -233,7 +73,7 @@ class _ErrorDetail(_Object):
     decline_code: str | None = None
 
 
-class _ErrorBody(_Object):
+class _ErrorBody(StripeObject):
     error: _ErrorDetail
 
 
@@ -248,13 +88,59 @@ class _Verdict:
     error_type: ErrorType | None = None  # when retried; None: the base classification's
 
 
+@dataclass(frozen=True)
+class _Rejection:
+    """A row of Stripe's rejections: the statuses or error types it stands for, the problem in Stripe's
+    words (``{said}`` is Stripe's status, type, code and message) and what to do."""
+
+    statuses: frozenset[int]
+    types: frozenset[str]
+    what: str
+    hint: str
+
+    def fits(self, status: int, kind: str | None) -> bool:
+        return status in self.statuses or kind in self.types
+
+
+# Checked in order, the first row that fits wins: an idempotency error comes as a 400, a card error as a 402.
+_REJECTIONS = (
+    _Rejection(
+        statuses=frozenset(),
+        types=frozenset({"idempotency_error"}),
+        what="Stripe refused the idempotency key ({said})",
+        hint="Stripe saw this key with other parameters: use a new key for a new operation",
+    ),
+    _Rejection(
+        statuses=frozenset({402}),
+        types=frozenset({"card_error"}),
+        what="the payment failed ({said})",
+        hint=(
+            "Stripe keeps this answer for this idempotency key: ask the customer for another "
+            "payment method and send it under a new key"
+        ),
+    ),
+    _Rejection(
+        statuses=frozenset({403}),
+        types=frozenset(),
+        what="the API key may not do this ({said})",
+        hint="give the provider's key this permission (restricted keys) or use another key",
+    ),
+    _Rejection(
+        statuses=frozenset({400, 404}),
+        types=frozenset({"invalid_request_error"}),
+        what="Stripe refused the request as invalid ({said})",
+        hint="correct the payload and send it under a new idempotency key",
+    ),
+)
+
+
 class StripeAdapter(Adapter):
     """Stripe's PaymentIntents and Refunds.
 
     Every request carries ``Stripe-Version: STRIPE_VERSION``, so the shape of requests and answers does
     not move with the account's default API version. Upgrading it is a deliberate change: read Stripe's
-    changelog for the versions in between, check the models here against it, and change the constant and
-    the tests together.
+    changelog for the versions in between, check the models of ``stripe_payments`` against it, and change
+    the constant and the tests together.
     """
 
     name = "stripe"
@@ -308,36 +194,12 @@ class StripeAdapter(Adapter):
     def _verdict(self, status: int, detail: _ErrorDetail | None, headers: Mapping[str, str]) -> _Verdict:
         """What Stripe's status, error type and code say; only conflicts and ``rate_limit`` codes on a
         status HTTP would not retry change whether the answer is retried."""
-        said = _stripe_said(status, detail)
-        kind = detail.type if detail else None
-        code = detail.code if detail else None
         if status == 401:
-            # Stripe's message quotes the key (masked); the key is the operator's business, not the log's.
-            return _Verdict(
-                what="Stripe did not accept the API key (HTTP 401)",
-                hint=(
-                    f"check the provider's secret key ([providers.{self.provider.name}.auth] secret) on "
-                    "the workers: a live key for live mode, a test key for test mode, not rolled or revoked"
-                ),
-            )
-        if status == 429 and code == "lock_timeout":
-            # Lock contention on one object, not a rate limit: the fleet is not paused for it, and the
-            # breaker does not count it.
-            return _Verdict(
-                error_type=ErrorType.RESOURCE_LOCKED,
-                what=(
-                    f"the object is locked by another request or Stripe process ({said}); if this "
-                    "recurs, send changes to the same object one after another"
-                ),
-            )
+            return self._key_refused()
+        said = _stripe_said(status, detail)
+        code = detail.code if detail else None
         if status == 429 or code == "rate_limit":  # rate limits used to come as 400 rate_limit
-            reason = headers.get("Stripe-Rate-Limited-Reason")
-            because = f", Stripe-Rate-Limited-Reason: {reason}" if reason else ""
-            return _Verdict(
-                retry=True,
-                what=f"rate limited by Stripe ({said}{because})",
-                error_type=ErrorType.RATE_LIMITED,
-            )
+            return _too_busy(status, code, said, headers)
         if status == 409:
             # Stripe's libraries retry every conflict (another request with the same key in progress).
             return _Verdict(
@@ -347,30 +209,18 @@ class StripeAdapter(Adapter):
             )
         if status >= 500:
             return _Verdict(what=f"Stripe server error ({said})")
-        if kind == "idempotency_error":
-            return _Verdict(
-                what=f"Stripe refused the idempotency key ({said})",
-                hint="Stripe saw this key with other parameters: use a new key for a new operation",
-            )
-        if status == 402 or kind == "card_error":
-            return _Verdict(
-                what=f"the payment failed ({said})",
-                hint=(
-                    "Stripe keeps this answer for this idempotency key: ask the customer for another "
-                    "payment method and send it under a new key"
-                ),
-            )
-        if status == 403:
-            return _Verdict(
-                what=f"the API key may not do this ({said})",
-                hint="give the provider's key this permission (restricted keys) or use another key",
-            )
-        if status in (400, 404) or kind == "invalid_request_error":
-            return _Verdict(
-                what=f"Stripe refused the request as invalid ({said})",
-                hint="correct the payload and send it under a new idempotency key",
-            )
-        return _Verdict(what=f"Stripe rejected the request ({said})")
+        return _rejection(status, detail.type if detail else None, said)
+
+    def _key_refused(self) -> _Verdict:
+        """A 401: Stripe's message quotes the key (masked); the key is the operator's business, not the
+        log's, so only where to look is said."""
+        return _Verdict(
+            what="Stripe did not accept the API key (HTTP 401)",
+            hint=(
+                f"check the provider's secret key ([providers.{self.provider.name}.auth] secret) on "
+                "the workers: a live key for live mode, a test key for test mode, not rolled or revoked"
+            ),
+        )
 
     def parse_response(self, spec: OperationSpec, response: requests.Response) -> BaseModel:
         """The answer without client secrets, parsed into the operation's model; a mismatch is a
@@ -401,6 +251,36 @@ def _error_detail(body: Any) -> _ErrorDetail | None:
         return _ErrorBody.model_validate(body).error
     except ValidationError:
         return None
+
+
+def _too_busy(status: int, code: str | None, said: str, headers: Mapping[str, str]) -> _Verdict:
+    """A 429 or a ``rate_limit`` code: a lock timeout, or a rate limit (retried, whatever the status)."""
+    if status == 429 and code == "lock_timeout":
+        # Lock contention on one object, not a rate limit: the fleet is not paused for it, and the
+        # breaker does not count it.
+        return _Verdict(
+            error_type=ErrorType.RESOURCE_LOCKED,
+            what=(
+                f"the object is locked by another request or Stripe process ({said}); if this "
+                "recurs, send changes to the same object one after another"
+            ),
+        )
+    reason = headers.get("Stripe-Rate-Limited-Reason")
+    because = f", Stripe-Rate-Limited-Reason: {reason}" if reason else ""
+    return _Verdict(
+        retry=True,
+        what=f"rate limited by Stripe ({said}{because})",
+        error_type=ErrorType.RATE_LIMITED,
+    )
+
+
+def _rejection(status: int, kind: str | None, said: str) -> _Verdict:
+    """The first row of ``_REJECTIONS`` that fits the status or error type; any other answer is a plain
+    rejection in Stripe's words."""
+    for row in _REJECTIONS:
+        if row.fits(status, kind):
+            return _Verdict(what=row.what.format(said=said), hint=row.hint)
+    return _Verdict(what=f"Stripe rejected the request ({said})")
 
 
 def _stripe_said(status: int, detail: _ErrorDetail | None) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from integrations.adapters.base import (
+from integrations.adapters.answers import (
     MAX_BODY_CHARS,
     classify_http_response,
     reclassified,
