@@ -79,7 +79,7 @@ def test_worker_signal_handlers_connect_once_however_often_tasks_are_registered(
         assert len(ours) == 1, f"{signal.name}: {ours}"
 
 
-CORE = Path(__file__).resolve().parent.parent / "integrations"
+CORE = Path(__file__).resolve().parents[2] / "integrations"
 # What the core must never import: Celery and its transport, and the layers built on top of the core.
 OUTWARD = {"celery", "kombu", "config", "tasks"}
 
@@ -102,7 +102,9 @@ def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
 def test_the_core_imports_nothing_of_celery_config_or_tasks() -> None:
     files = sorted(CORE.rglob("*.py"))
     found = [(path, line, module) for path in files for line, module in imported_modules(path)]
-    assert CORE / "cli" / "__init__.py" in files and len(found) > 100  # the walk reads the core, not an empty folder
+    assert (
+        CORE / "cli" / "__init__.py" in files and len(found) > 100
+    )  # the walk reads the core, not an empty folder
     outward = [
         f"{path.relative_to(CORE.parent)}:{line}: imports {module}"
         for path, line, module in found
