@@ -27,6 +27,7 @@ from integrations.resilience.throttle import Throttle
 from integrations.runtime import build_runner
 from integrations.testing.provider import ProviderSimulator
 from tests.clock import Clock
+from tests.providers import provider_settings
 
 
 class Fleet:
@@ -64,17 +65,9 @@ def make_fleet(
     fleets: list[Fleet] = []
 
     def make(**table: Any) -> Fleet:
-        base = {
-            "name": provider_name,
-            "adapter": "http",
-            "base_url": simulator.url,
-            "timeout": 2.0,
-            "headroom": 0,
-        }
         retry = {"max_attempts": 5, "backoff_base": 0.1, "backoff_max": 0.5}
-        fleet = Fleet(
-            ProviderSettings.model_validate(base | {"retry": retry} | table), ledger_url, shared_redis, clock
-        )
+        defaults = {"base_url": simulator.url, "timeout": 2.0, "headroom": 0, "retry": retry}
+        fleet = Fleet(provider_settings(provider_name, **(defaults | table)), ledger_url, shared_redis, clock)
         fleets.append(fleet)
         return fleet
 

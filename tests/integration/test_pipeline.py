@@ -21,10 +21,11 @@ from integrations.ledger.records import NewOperation
 from integrations.ledger.store import Ledger
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry
 from integrations.pipeline import MAX_INTERNAL_ERROR_REDELIVERIES, Delivery, OperationRunner
-from integrations.providers import MAX_COUNTDOWN, ProviderSettings
+from integrations.providers import MAX_COUNTDOWN
 from integrations.resilience.idempotency import fingerprint
 from integrations.testing.provider import ProviderSimulator
 from tests.clock import Clock
+from tests.providers import provider_settings
 
 
 @pytest.fixture
@@ -34,14 +35,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def runner(ledger_url: str, simulator: ProviderSimulator, clock: Clock) -> Iterator[OperationRunner]:
-    provider = ProviderSettings.model_validate(
-        {
-            "name": "sim",
-            "adapter": "http",
-            "base_url": simulator.url,
-            "timeout": 1.0,
-            "retry": {"max_attempts": 3, "backoff_base": 0.1, "backoff_max": 1.0},
-        }
+    provider = provider_settings(
+        base_url=simulator.url,
+        timeout=1.0,
+        retry={"max_attempts": 3, "backoff_base": 0.1, "backoff_max": 1.0},
     )
     session = requests.Session()
     ledger = Ledger.connect(ledger_url, clock=clock)
@@ -338,7 +335,7 @@ def test_concurrent_duplicates_make_one_call(runner: OperationRunner, simulator:
 def test_an_unmigrated_ledger_defers_without_calling(
     tmp_path: Any, simulator: ProviderSimulator, clock: Clock
 ) -> None:
-    provider = ProviderSettings.model_validate({"name": "sim", "adapter": "http", "base_url": simulator.url})
+    provider = provider_settings(base_url=simulator.url)
     ledger = Ledger.connect(f"sqlite:///{tmp_path / 'empty.sqlite3'}", clock=clock)
     runner = OperationRunner(provider, HttpAdapter(provider, requests.Session()), ledger, clock=clock)
     outcome = deliver(runner, "order-15")
@@ -413,7 +410,7 @@ class BrokenLedger(Ledger):
 def test_an_internal_error_puts_the_message_back_a_few_times_then_fails_it(
     ledger_url: str, simulator: ProviderSimulator, clock: Clock
 ) -> None:
-    provider = ProviderSettings.model_validate({"name": "sim", "adapter": "http", "base_url": simulator.url})
+    provider = provider_settings(base_url=simulator.url)
     broken = BrokenLedger(create_ledger_engine(ledger_url), clock=clock)
     runner = OperationRunner(provider, HttpAdapter(provider, requests.Session()), broken, clock=clock)
     message = {"payload": {"method": "POST", "path": "/x"}, "idempotency_key": "order-20"}
