@@ -125,6 +125,13 @@ class SharedOAuth2Token(Credentials):
         return Token(fields["token"], float(fields.get("expires_at", 0)))
 
     def _fetch(self, current: Token | None) -> str:
+        """Ask the token endpoint for a new access token and share it with the other workers."""
+        form, basic = self._grant()
+        response = self._post_grant(form, basic)
+        return self._share(self._issued(response))
+
+    def _grant(self) -> tuple[dict[str, Any], tuple[str, str] | None]:
+        """The token request's form (grant, scopes, client credentials) and its HTTP Basic auth, if any."""
         auth = self.auth
         form: dict[str, Any] = {}
         if isinstance(auth, OAuth2RefreshToken):
@@ -141,16 +148,29 @@ class SharedOAuth2Token(Credentials):
             form["client_id"] = auth.client_id
             if self.client_secret is not None:
                 form["client_secret"] = self.client_secret
-        where = f"{self.provider}: token endpoint {auth.token_url}"
+        return form, basic
+
+    @property
+    def _endpoint(self) -> str:
+        return f"{self.provider}: token endpoint {self.auth.token_url}"
+
+    def _post_grant(self, form: dict[str, Any], basic: tuple[str, str] | None) -> requests.Response:
+        """Send the token request; a connection error, a 429 or a 5xx is transient and retried later."""
         self.fetches += 1
         try:
-            response = self.session.post(auth.token_url, data=form, auth=basic, timeout=self.timeout)
+            response = self.session.post(self.auth.token_url, data=form, auth=basic, timeout=self.timeout)
         except requests.RequestException as exc:
             raise TransientError(
-                f"{where}: {type(exc).__name__}", error_type=ErrorType.CONNECTION_ERROR
+                f"{self._endpoint}: {type(exc).__name__}", error_type=ErrorType.CONNECTION_ERROR
             ) from exc
         if response.status_code == 429 or response.status_code >= 500:
-            raise TransientError(f"{where}: HTTP {response.status_code}", status_code=response.status_code)
+            raise TransientError(
+                f"{self._endpoint}: HTTP {response.status_code}", status_code=response.status_code
+            )
+        return response
+
+    def _issued(self, response: requests.Response) -> dict[str, Any]:
+        """The token endpoint's answer when it issued a token; a refusal is the provider's, with its error."""
         try:
             body = response.json()
         except ValueError:
@@ -160,11 +180,15 @@ class SharedOAuth2Token(Credentials):
                 k: body.get(k) for k in ("error", "error_description") if isinstance(body, dict) and k in body
             }
             raise ProviderRejected(
-                f"{where} refused to issue a token (HTTP {response.status_code}): check the client id, "
-                "secret and scopes in [providers.<name>.auth]",
+                f"{self._endpoint} refused to issue a token (HTTP {response.status_code}): check the client "
+                "id, secret and scopes in [providers.<name>.auth]",
                 status_code=response.status_code,
                 body=error or None,
             )
+        return cast(dict[str, Any], body)
+
+    def _share(self, body: dict[str, Any]) -> str:
+        """Keep the new token (and a rotated refresh token) in Redis for every worker; the token."""
         token = body["access_token"]
         register_secret(token)
         expires_at = self.clock() + float(body.get("expires_in") or 3600)
