@@ -13,6 +13,7 @@ import random
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from rich.table import Table
 
 from integrations.ledger import schema
 from integrations.ledger.store import Ledger
-from integrations.testing.provider import ProviderSimulator
+from integrations.testing.provider import ProviderSimulator, RecordedRequest
 from integrations.testing.redis_server import redis_for
 from tasks.worker import running_worker
 
@@ -70,6 +71,7 @@ LABELS = {
     "dead": "provider down",
     "invalid": "invalid message",
 }
+QUEUES = [f"integrations.{name}" for name in PROVIDERS]
 
 
 @dataclass
@@ -99,58 +101,95 @@ class Workload:
 
 def plan(total: int, run: str, rng: random.Random) -> Workload:
     """The messages to send: wave 1 at once, wave 2 (conflicts) after wave 1 has ended."""
+    counts = kind_counts(total)
+    composer = Composer(run, rng, iter(range(1, 10 * total)))
+    originals = first_sendings(counts, composer, rng)
+    rng.shuffle(originals)
+    workload = Workload(list(originals))
+    plain = [m for m in originals if m.kind == "ok"]
+    add_duplicates(workload, plain, counts["duplicate"])
+    add_conflicts(workload, plain, counts["conflict"])
+    return workload
+
+
+def kind_counts(total: int) -> dict[str, int]:
+    """How many messages of each kind, by ``MIX``: at least one of each, the plain ones take what is left."""
     counts = {kind: max(1, round(total * share)) for kind, share in MIX.items()}
     counts["ok"] = max(1, total - sum(counts.values()))
-    workload = Workload()
-    serial = iter(range(1, 10 * total))
-    originals: list[Message] = []
+    return counts
 
-    def message(kind: str, query: str = "", **extra: Any) -> Message:
-        provider = rng.choice(list(PROVIDERS))
+
+@dataclass
+class Composer:
+    """Makes the demo's messages: each to a provider drawn at random, with a numbered payload and key."""
+
+    run: str
+    rng: random.Random
+    serial: Iterator[int]
+
+    def message(self, kind: str, query: str = "", **extra: Any) -> Message:
+        """A POST to the provider's path, asking the simulator for ``query`` on top of its success status."""
+        provider = self.rng.choice(list(PROVIDERS))
         path, ok_status = PROVIDERS[provider]
         params = f"ok_status={ok_status}" + (f"&{query}" if query else "")
-        number = next(serial)
+        number = next(self.serial)
         payload = {
             "method": "POST",
             "path": f"{path}?{params}",
             "json": {"demo_item": number, "amount": number * 100},
         }
-        return Message(kind, provider, {"payload": payload, "idempotency_key": f"{run}-{number:04d}"} | extra)
+        return Message(
+            kind, provider, {"payload": payload, "idempotency_key": f"{self.run}-{number:04d}"} | extra
+        )
 
-    for _ in range(counts["ok"]):
-        originals.append(message("ok"))
+
+def first_sendings(counts: dict[str, int], composer: Composer, rng: random.Random) -> list[Message]:
+    """Every message sent under its own key for the first time, grouped by kind (the caller shuffles them)."""
+    originals = [composer.message("ok") for _ in range(counts["ok"])]
     for _ in range(counts["transient"]):
         failure = rng.choice(["fail=1&fail_status=503", "fail=2&fail_status=502", "fail=1&drop=1"])
-        originals.append(message("transient", failure))
+        originals.append(composer.message("transient", failure))
     for _ in range(counts["retry_after"]):
-        originals.append(message("retry_after", "fail=1&fail_status=429&retry_after=2"))
+        originals.append(composer.message("retry_after", "fail=1&fail_status=429&retry_after=2"))
     for _ in range(counts["rejected"]):
-        originals.append(message("rejected", f"status={rng.choice([400, 404, 422])}"))
+        originals.append(composer.message("rejected", f"status={rng.choice([400, 404, 422])}"))
     for _ in range(counts["dead"]):
-        originals.append(message("dead", "status=503"))
-    for index in range(counts["invalid"]):
-        bad = message("invalid")
+        originals.append(composer.message("dead", "status=503"))
+    originals.extend(invalid_messages(counts["invalid"], composer))
+    return originals
+
+
+def invalid_messages(count: int, composer: Composer) -> list[Message]:
+    """Messages the worker must refuse: in turn, no idempotency key, an unknown method, a credential header."""
+    messages = []
+    for index in range(count):
+        bad = composer.message("invalid")
         if index % 3 == 0:
             del bad.kwargs["idempotency_key"]
         elif index % 3 == 1:
             bad.kwargs["payload"] = {"method": "FETCH", "path": bad.kwargs["payload"]["path"]}
         else:
             bad.kwargs["payload"]["headers"] = {"Authorization": "Bearer sk_demo_do_not_send"}
-        originals.append(bad)
-    rng.shuffle(originals)
-    workload.messages.extend(originals)
-    plain = [m for m in originals if m.kind == "ok"]
-    for index in range(counts["duplicate"]):  # sent right behind their original, while it is in flight
+        messages.append(bad)
+    return messages
+
+
+def add_duplicates(workload: Workload, plain: list[Message], count: int) -> None:
+    """Copies of plain messages, each sent right behind its original, while that is in flight."""
+    for index in range(count):
         original = plain[index % len(plain)]
         position = workload.messages.index(original) + 1
         workload.messages.insert(position, Message("duplicate", original.provider, dict(original.kwargs)))
-    for index in range(counts["conflict"]):
+
+
+def add_conflicts(workload: Workload, plain: list[Message], count: int) -> None:
+    """Plain messages' keys reused with a new payload, in wave 2, once the originals have ended."""
+    for index in range(count):
         original = plain[-1 - index % len(plain)]
         payload = dict(original.kwargs["payload"]) | {"json": {"amount": -1}}
         workload.messages.append(
             Message("conflict", original.provider, original.kwargs | {"payload": payload}, wave=2)
         )
-    return workload
 
 
 def providers_toml(simulator_url: str) -> str:
@@ -211,61 +250,15 @@ def expected(message: Message, duplicated: set[str]) -> bool:
 
 
 def summary(workload: Workload, simulator: ProviderSimulator, ledger: Ledger, elapsed: float) -> bool:
-    by_kind: dict[str, list[Message]] = defaultdict(list)
-    for message in workload.messages:
-        by_kind[message.kind].append(message)
-    duplicated = {m.key for m in by_kind["duplicate"] if m.key}
+    """Print the tables an operator would look at; whether all ended as planned and none was accepted twice."""
     calls = simulator.calls()
-    calls_by_key = Counter(c.headers.get("idempotency-key") for c in calls)
-    successes_by_key = Counter(c.headers.get("idempotency-key") for c in calls if 200 <= c.status < 300)
-
-    table = Table(title="Outcomes by kind of message", title_justify="left")
-    table.add_column("message")
-    table.add_column("sent", justify="right")
-    table.add_column("expected outcome")
-    table.add_column("as expected", justify="right")
-    table.add_column("calls", justify="right")
-    table.add_column("p50", justify="right")
-    surprises: list[str] = []
-    for kind, label in LABELS.items():
-        messages = by_kind.get(kind, [])
-        if not messages:
-            continue
-        good = [m for m in messages if expected(m, duplicated)]
-        surprises += [f"{kind} {m.key}: {m.outcome}" for m in messages if m not in good]
-        keys = {m.key for m in messages if m.key}
-        provider_calls = 0 if kind in ("duplicate", "conflict") else sum(calls_by_key[k] for k in keys)
-        latencies = [m.done_at - m.sent_at for m in messages if m.done_at]
-        mark = "green" if len(good) == len(messages) else "red"
-        table.add_row(
-            label,
-            str(len(messages)),
-            EXPECTED[kind],
-            f"[{mark}]{len(good)}/{len(messages)}[/]",
-            str(provider_calls),
-            f"{median(latencies):.2f}s" if latencies else "-",
-        )
+    table, surprises = outcomes_table(workload.messages, calls)
     console.print(table)
-
-    ledger_table = Table(title="Ledger by provider", title_justify="left")
-    for column in ("provider", "succeeded", "failed", "dead", "attempts"):
-        ledger_table.add_column(column, justify="left" if column == "provider" else "right")
-    attempts = ledger.attempts_by_provider()
-    for name in PROVIDERS:
-        counts = ledger.count_by_status(name)
-        ledger_table.add_row(
-            name,
-            str(counts.get("succeeded", 0)),
-            str(counts.get("failed", 0)),
-            str(counts.get("dead", 0)),
-            str(attempts.get(name, 0)),
-        )
-    console.print(ledger_table)
-
+    console.print(ledger_table(ledger))
+    successes_by_key = Counter(c.headers.get("idempotency-key") for c in calls if 200 <= c.status < 300)
     twice = sorted(str(key) for key, n in successes_by_key.items() if n > 1)
-    operations = len(workload.messages)
     console.print(
-        f"{operations} messages in {elapsed:.1f}s · {len(calls)} provider calls · "
+        f"{len(workload.messages)} messages in {elapsed:.1f}s · {len(calls)} provider calls · "
         f"keys the provider accepted more than once: {len(twice)}"
     )
     for surprise in surprises:
@@ -278,58 +271,128 @@ def summary(workload: Workload, simulator: ProviderSimulator, ledger: Ledger, el
     return not surprises and not twice
 
 
+def outcomes_table(messages: list[Message], calls: list[RecordedRequest]) -> tuple[Table, list[str]]:
+    """The outcomes by kind of message, and a line for each message that did not end as planned."""
+    by_kind: dict[str, list[Message]] = defaultdict(list)
+    for message in messages:
+        by_kind[message.kind].append(message)
+    duplicated = {m.key for m in by_kind["duplicate"] if m.key}
+    calls_by_key = Counter(c.headers.get("idempotency-key") for c in calls)
+    table = Table(title="Outcomes by kind of message", title_justify="left")
+    for column in ("message", "sent", "expected outcome", "as expected", "calls", "p50"):
+        table.add_column(column, justify="left" if column in ("message", "expected outcome") else "right")
+    surprises: list[str] = []
+    for kind, label in LABELS.items():
+        of_kind = by_kind.get(kind, [])
+        if not of_kind:
+            continue
+        good = [m for m in of_kind if expected(m, duplicated)]
+        surprises += [f"{kind} {m.key}: {m.outcome}" for m in of_kind if m not in good]
+        keys = {m.key for m in of_kind if m.key}
+        provider_calls = 0 if kind in ("duplicate", "conflict") else sum(calls_by_key[k] for k in keys)
+        latencies = [m.done_at - m.sent_at for m in of_kind if m.done_at]
+        mark = "green" if len(good) == len(of_kind) else "red"
+        table.add_row(
+            label,
+            str(len(of_kind)),
+            EXPECTED[kind],
+            f"[{mark}]{len(good)}/{len(of_kind)}[/]",
+            str(provider_calls),
+            f"{median(latencies):.2f}s" if latencies else "-",
+        )
+    return table, surprises
+
+
+def ledger_table(ledger: Ledger) -> Table:
+    """What the ledger recorded for each demo provider: operations by status, and attempts."""
+    table = Table(title="Ledger by provider", title_justify="left")
+    for column in ("provider", "succeeded", "failed", "dead", "attempts"):
+        table.add_column(column, justify="left" if column == "provider" else "right")
+    attempts = ledger.attempts_by_provider()
+    for name in PROVIDERS:
+        counts = ledger.count_by_status(name)
+        table.add_row(
+            name,
+            str(counts.get("succeeded", 0)),
+            str(counts.get("failed", 0)),
+            str(counts.get("dead", 0)),
+            str(attempts.get(name, 0)),
+        )
+    return table
+
+
 def run_demo(total: int = 200) -> int:
+    """Run the demo end to end and print its summary; 0 when every operation ended as planned, else 1."""
     run = f"demo{time.strftime('%H%M%S')}"
-    rng = random.Random(7)
-    workload = plan(total, run, rng)
+    workload = plan(total, run, random.Random(7))
     with ExitStack() as stack:
         redis_url, private = stack.enter_context(redis_for(os.environ.get("REDIS_URL")))
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="integrations-demo-")))
         simulator = stack.enter_context(ProviderSimulator())
         providers = folder / "providers.toml"
         providers.write_text(providers_toml(simulator.url))
-        LEDGER_FILE.unlink(missing_ok=True)
-        database_url = f"sqlite:///{LEDGER_FILE.resolve()}"
-        schema.upgrade(database_url)
-        env = dict(
-            os.environ,
-            REDIS_URL=redis_url,
-            DATABASE_URL=database_url,
-            INTEGRATIONS_PROVIDERS_FILE=str(providers),
-        )
-        env.pop("BROKER_URL", None)
+        database_url = fresh_ledger()
+        env = worker_env(redis_url, database_url, providers)
         app = Celery("demo-application", broker=redis_url, backend=redis_url)
         app.conf.update(broker_connection_retry_on_startup=True)
         stack.callback(app.close)
-        with app.connection_for_write() as connection:
-            for name in PROVIDERS:  # leftovers of an interrupted demo would muddle the figures
-                connection.default_channel.client.delete(f"integrations.{name}")
-        console.print("[bold]integrations demo[/]")
-        console.print(
-            f"  redis     {redis_url}" + ("  (private redis-server, stopped at the end)" if private else "")
-        )
-        console.print(f"  ledger    {database_url}")
-        console.print(f"  provider  simulator at {simulator.url}, playing {', '.join(PROVIDERS)}")
-        queues = [f"integrations.{name}" for name in PROVIDERS]
-        worker = stack.enter_context(running_worker(app, env, queues, folder))
+        clear_queues(app)
+        print_setup(redis_url, private, database_url, simulator)
+        worker = stack.enter_context(running_worker(app, env, QUEUES, folder))
         console.print(f"  worker    {' '.join(worker.command)}")
         ledger = Ledger.connect(database_url)
         stack.callback(ledger.engine.dispose)
-
         started = time.monotonic()
-        with Progress(
-            TextColumn("{task.description:<32}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("sending", total=len(workload.messages))
-            for wave in (1, 2):
-                send(app, workload.wave(wave))
-                watch(workload.wave(wave), progress, task)
-        elapsed = time.monotonic() - started
-        ok = summary(workload, simulator, ledger, elapsed)
+        send_waves(app, workload)
+        ok = summary(workload, simulator, ledger, time.monotonic() - started)
     if not ok:
         console.print("[red]some operations did not end as expected[/]")
     return 0 if ok else 1
+
+
+def fresh_ledger() -> str:
+    """The URL of the demo's ledger, made anew in ``LEDGER_FILE`` (it stays there for the CLI)."""
+    LEDGER_FILE.unlink(missing_ok=True)
+    database_url = f"sqlite:///{LEDGER_FILE.resolve()}"
+    schema.upgrade(database_url)
+    return database_url
+
+
+def worker_env(redis_url: str, database_url: str, providers: Path) -> dict[str, str]:
+    """The worker's environment: this one, pointed at the demo's Redis, ledger and providers file."""
+    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=database_url)
+    env["INTEGRATIONS_PROVIDERS_FILE"] = str(providers)
+    env.pop("BROKER_URL", None)
+    return env
+
+
+def clear_queues(app: Celery) -> None:
+    """Empty the demo's queues: leftovers of an interrupted demo would muddle the figures."""
+    with app.connection_for_write() as connection:
+        for queue in QUEUES:
+            connection.default_channel.client.delete(queue)
+
+
+def print_setup(redis_url: str, private: bool, database_url: str, simulator: ProviderSimulator) -> None:
+    """The demo's opening lines: where its Redis, ledger and provider are."""
+    console.print("[bold]integrations demo[/]")
+    console.print(
+        f"  redis     {redis_url}" + ("  (private redis-server, stopped at the end)" if private else "")
+    )
+    console.print(f"  ledger    {database_url}")
+    console.print(f"  provider  simulator at {simulator.url}, playing {', '.join(PROVIDERS)}")
+
+
+def send_waves(app: Celery, workload: Workload) -> None:
+    """Send each wave and show its progress until all its messages have ended, then the next."""
+    with Progress(
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("sending", total=len(workload.messages))
+        for wave in (1, 2):
+            send(app, workload.wave(wave))
+            watch(workload.wave(wave), progress, task)
