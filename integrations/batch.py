@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from integrations.errors import ErrorInfo, ErrorType, OperationError, last_attempt_lost
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
 from integrations.ledger.records import Items, ItemState, ItemStatus
-from integrations.resilience.retry import GiveUp, RetryPolicy
+from integrations.resilience.retry import RetryPolicy
 
 # A batch message is kept whole in the ledger row, with one state per item, rewritten after each call:
 # this bounds the row and the work per call.
@@ -147,12 +147,11 @@ def _recorded(
         return state.model_copy(
             update={"status": ItemStatus.SUCCEEDED, "error": None, "response": result.response}
         )
-    verdict = policy.after(result.error, state.attempts, what)
-    status, info = (
-        (ItemStatus.FAILED, verdict.error)
-        if isinstance(verdict, GiveUp)
-        else (ItemStatus.QUEUED, result.error.info())
-    )
+    given_up = policy.give_up(result.error, state.attempts, what)
+    if given_up is None:
+        status, info = ItemStatus.QUEUED, result.error.info()
+    else:
+        status, info = ItemStatus.FAILED, given_up.error
     if not keep_body:
         info = info.model_copy(update={"body": None})
     return state.model_copy(update={"status": status, "error": info})

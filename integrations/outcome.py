@@ -11,15 +11,14 @@ from typing import Any
 
 from integrations.errors import ErrorInfo
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.records import OperationRecord, dump_items
 
 
 class WaitReason(StrEnum):
-    """Why a message goes back to its queue without using an attempt; the ledger's ``waiting`` column
-    and ``ops show`` name the reasons a guard or a backoff gave."""
+    """Why a message goes back to its queue without using an attempt. The ledger's ``waiting`` column
+    (``ops show``) keeps the reasons a guard gave; the others are said only to the task."""
 
     IN_FLIGHT = "in_flight"  # another worker's attempt holds the operation
-    BACKOFF = "backoff"  # the next attempt is not due yet
+    BACKOFF = "backoff"  # the next attempt is not due yet (``waiting`` is empty then)
     NEXT_CHUNK = "next_chunk"  # a batch goes on with its next chunk at once
     BREAKER_OPEN = "breaker_open"
     BREAKER_HALF_OPEN = "breaker_half_open"  # another worker's probe is in flight
@@ -74,21 +73,3 @@ Outcome = Done | Retry | Defer | Failed
 def poll_delay(redeliveries: int) -> float:
     """How soon a message waiting on another attempt looks again: 0.25 s doubling to 5 s."""
     return min(5.0, 0.25 * 2.0 ** min(redeliveries, 8))
-
-
-def result(record: OperationRecord, *, replayed: bool) -> dict[str, Any]:
-    """The task result of a succeeded operation, or of an ended batch, as ``AsyncResult.get()`` returns
-    it. A batch has ``items`` (``{key, status, attempts, error?, response?}`` each) for ``response``, and
-    ``status`` ``succeeded``, ``partial`` or ``failed``; ``attempts`` counts its calls."""
-    common = {
-        "status": record.status.value,
-        "provider": record.provider,
-        "operation": record.operation,
-        "idempotency_key": record.idempotency_key,
-        "operation_id": record.id,
-        "attempts": record.attempts,
-        "replayed": replayed,
-    }
-    if record.items is not None:
-        return common | {"items": dump_items(record.items)}
-    return common | {"response": record.response}

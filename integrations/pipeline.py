@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -33,12 +33,12 @@ from integrations.guard import Attempt, Guard, GuardChain
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.store import Clock, Ledger, storable, utcnow
-from integrations.outcome import Defer, Done, Failed, Outcome, WaitReason, poll_delay, result
+from integrations.outcome import Defer, Done, Failed, Outcome, WaitReason, poll_delay
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience import idempotency
 from integrations.resilience.backoff import MAX_RETRY_AFTER
 from integrations.resilience.retry import RetryPolicy
-from integrations.strategies import Batch, Plan, Recorder, Single, Strategy
+from integrations.strategies import Batch, Plan, Recorder, Single, Strategy, result
 
 log = logging.getLogger("integrations.operations")
 
@@ -150,9 +150,10 @@ def has_nul(value: Any) -> bool:
     return False
 
 
-@dataclass
+@dataclass(frozen=True)
 class OperationRunner:
-    """Runs the operations of one provider through its adapter."""
+    """Runs the operations of one provider through its adapter. Frozen: the guard chain, the retry policy
+    and the recorder are made from the fields once, so the fields cannot change under them."""
 
     provider: ProviderSettings
     adapter: Adapter
@@ -168,9 +169,10 @@ class OperationRunner:
     recorder: Recorder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.policy = RetryPolicy.of(self.provider.retry)
-        self.chain = GuardChain(self.guards, self.interrupts, self.sleep)
-        self.recorder = Recorder(self.ledger, self.clock)
+        # The one way to set derived fields of a frozen dataclass.
+        object.__setattr__(self, "policy", RetryPolicy.of(self.provider.retry))
+        object.__setattr__(self, "chain", GuardChain(self.guards, self.interrupts, self.sleep))
+        object.__setattr__(self, "recorder", Recorder(self.ledger, self.clock))
 
     def run(self, delivery: Delivery) -> Outcome:
         """One delivery, whatever happens: the ledger out of reach puts the message back, and so does a
@@ -220,6 +222,8 @@ class OperationRunner:
                     outcome = self.recorder.lost_last_attempt(lost)
                 case idempotency.Start() | idempotency.Claim():
                     outcome = self._attempt(request, strategy, decision)
+                case _:
+                    assert_never(decision)
             if outcome is not None:
                 return outcome
         return Defer(poll_delay(delivery.redeliveries), WaitReason.CONTENDED)

@@ -2,7 +2,7 @@
 
 The pipeline picks a strategy once, after parsing, and asks it three things: ``plan`` what the next call
 sends (given the ledger row, if any), ``execute`` the call once the attempt is claimed, and ``settle`` a
-batch that has nothing left to send. No other step asks "is this a batch?". Both end an attempt through
+batch that has nothing left to send. No step of an attempt asks "is this a batch?". Both end an attempt through
 the ``Recorder``, which writes the ledger, logs, and hands back the ``Outcome``.
 """
 
@@ -19,9 +19,9 @@ from integrations.batch import BatchItem
 from integrations.errors import ErrorInfo, ErrorType, OperationError, last_attempt_lost
 from integrations.guard import Attempt, GuardChain
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.records import Items, ItemStatus, OperationRecord
+from integrations.ledger.records import Items, ItemStatus, OperationRecord, dump_items
 from integrations.ledger.store import Clock, Ledger
-from integrations.outcome import Defer, Done, Failed, Outcome, Retry, WaitReason, poll_delay, result
+from integrations.outcome import Defer, Done, Failed, Outcome, Retry, WaitReason, poll_delay
 from integrations.providers import MAX_COUNTDOWN
 from integrations.resilience.retry import GiveUp, RetryPolicy
 
@@ -193,8 +193,9 @@ class Batch:
 @dataclass(frozen=True)
 class Recorder:
     """The end of an attempt written to the ledger, logged, and turned into an ``Outcome``. Every write
-    compares the row's version: ``None`` from the ledger means another worker took the operation over
-    after our lease ran out, and its outcome is the one that counts."""
+    compares the row's version, so ``None`` from the ledger means the row changed since it was read: for a
+    claimed attempt, another worker took the operation over after our lease ran out, and its outcome is
+    the one that counts."""
 
     ledger: Ledger
     clock: Clock
@@ -293,3 +294,21 @@ def log_contract_violation(record: OperationRecord, error: OperationError) -> No
         record.id,
         error.message,
     )
+
+
+def result(record: OperationRecord, *, replayed: bool) -> dict[str, Any]:
+    """The task result of a succeeded operation, or of an ended batch, as ``AsyncResult.get()`` returns
+    it. A batch has ``items`` (``{key, status, attempts, error?, response?}`` each) for ``response``, and
+    ``status`` ``succeeded``, ``partial`` or ``failed``; ``attempts`` counts its calls."""
+    common = {
+        "status": record.status.value,
+        "provider": record.provider,
+        "operation": record.operation,
+        "idempotency_key": record.idempotency_key,
+        "operation_id": record.id,
+        "attempts": record.attempts,
+        "replayed": replayed,
+    }
+    if record.items is not None:
+        return common | {"items": dump_items(record.items)}
+    return common | {"response": record.response}

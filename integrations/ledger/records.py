@@ -1,7 +1,7 @@
 """The values the ledger hands out and takes: an operation's record, a new operation, a batch item's state.
 
 Rows are converted to and from these at the ledger's edge (``store.py``): the rest of the core never sees
-a row or a JSON document.
+a row, and batch items only as ``ItemState``.
 """
 
 from __future__ import annotations

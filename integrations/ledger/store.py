@@ -55,8 +55,9 @@ def utcnow() -> datetime:
 
 
 def storable(value: Any) -> Any:
-    """A value as the ledger can keep it: NUL characters (which PostgreSQL refuses) replaced. Used for what
-    the provider answered; a payload with a NUL is refused before it gets here."""
+    """A value as the ledger can keep it: NUL characters (which PostgreSQL refuses) replaced. ``finish``
+    applies it to what the provider answered; a refused message is stored through it as well. (A payload
+    with a NUL is refused, never changed: its fingerprint must be the caller's.)"""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):

@@ -29,7 +29,7 @@ class BreakerState(StrEnum):
     CLOSED = pybreaker.STATE_CLOSED
     OPEN = pybreaker.STATE_OPEN
     HALF_OPEN = pybreaker.STATE_HALF_OPEN
-    FORCED_OPEN = "forced_open"
+    FORCED_OPEN = "forced_open"  # what admission answers while an operator holds the breaker open
 
 
 class Transition(StrEnum):

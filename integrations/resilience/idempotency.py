@@ -114,7 +114,14 @@ def decide(
     # A guard's wait is checked again by the guard itself, so a message back a hair early goes on.
     tolerance = GUARD_WAIT_TOLERANCE if record.waiting else timedelta(0)
     if record.next_attempt_at is not None and record.next_attempt_at - tolerance > now:
-        return Wait(
-            record.next_attempt_at, WaitReason(record.waiting) if record.waiting else WaitReason.BACKOFF
-        )
+        return Wait(record.next_attempt_at, _stored_reason(record.waiting))
     return Claim(record)
+
+
+def _stored_reason(waiting: str | None) -> WaitReason:
+    """The reason a guard gave, as the row keeps it. One this code does not know (written by another
+    version) is waited out all the same, as a backoff."""
+    try:
+        return WaitReason(waiting) if waiting else WaitReason.BACKOFF
+    except ValueError:
+        return WaitReason.BACKOFF

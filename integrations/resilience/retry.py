@@ -44,10 +44,14 @@ class RetryPolicy:
 
     def after(self, error: OperationError, attempts: int, what: str) -> RetryIn | GiveUp:
         """What follows the failed attempt number ``attempts`` of ``what`` (an operation or an item)."""
+        return self.give_up(error, attempts, what) or RetryIn(self.delay(attempts, error.retry_after))
+
+    def give_up(self, error: OperationError, attempts: int, what: str) -> GiveUp | None:
+        """``None`` while another attempt is allowed (a batch item, whose round sets the delay)."""
         if not error.retryable:
             return GiveUp(OperationStatus.FAILED, error.info())
         if attempts < self.max_attempts:
-            return RetryIn(self.delay(attempts, error.retry_after))
+            return None
         return GiveUp(OperationStatus.DEAD, retries_exhausted(what, attempts, error.info()))
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:

@@ -10,6 +10,7 @@ import pytest
 from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import OperationRecord
+from integrations.outcome import WaitReason
 from integrations.resilience.idempotency import (
     Claim,
     Conflict,
@@ -179,3 +180,10 @@ def test_fingerprint_differs_by_operation_and_payload(operation: str, payload: A
 
 def test_fingerprint_list_order_matters() -> None:
     assert fingerprint("request", {"items": [1, 2]}) != fingerprint("request", {"items": [2, 1]})
+
+
+def test_a_wait_reason_this_code_does_not_know_is_waited_out_as_a_backoff() -> None:
+    due = NOW + timedelta(seconds=30)
+    queued = record(OperationStatus.QUEUED, waiting="maintenance", next_attempt_at=due)
+    decision = decide(queued, FINGERPRINT, NOW)
+    assert decision == Wait(due, WaitReason.BACKOFF)

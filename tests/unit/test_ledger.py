@@ -198,6 +198,21 @@ def test_finish_is_fenced_by_version(timed: Ledger, clock: Clock) -> None:
     assert done.attempts == 2
 
 
+def test_finish_keeps_what_the_provider_answered_with_nul_characters_replaced(ledger: Ledger) -> None:
+    # PostgreSQL refuses NUL in text: an answer quoting one must still be recorded, not fail the write.
+    error = ErrorInfo(
+        type=ErrorType.PROVIDER_REJECTED, message="acme.request: bad\x00name", body={"e": "x\x00y"}
+    )
+    finished = ledger.finish(start(ledger), OperationStatus.FAILED, error=error)
+
+    stored = ledger.get(finished.id) if finished else None
+    assert stored is not None and stored.error is not None
+    assert (stored.error["message"], stored.error["body"]) == (
+        "acme.request: bad\ufffdname",
+        {"e": "x\ufffdy"},
+    )
+
+
 def test_finish_queued_for_retry_keeps_the_error_and_schedule(timed: Ledger, clock: Clock) -> None:
     record = start(timed)
     due = T0 + timedelta(seconds=4)
