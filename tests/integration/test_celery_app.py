@@ -21,6 +21,7 @@ from integrations.ledger.store import Ledger
 from integrations.providers import MAX_COUNTDOWN
 from tasks import register_tasks
 from tasks.maintenance import PRUNE_TASK
+from tests.clock import Clock
 
 
 def app_for(providers: Path) -> Celery:
@@ -128,8 +129,7 @@ def test_importing_the_core_loads_no_celery() -> None:
 def test_the_maintenance_task_prunes_the_ledger_past_retention(tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     schema.upgrade(database)
-    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
-    old = Ledger.connect(database, clock=lambda: eight_days_ago)
+    old = Ledger.connect(database, clock=Clock(datetime.now(UTC) - timedelta(days=8)))
     fresh = Ledger.connect(database)
     for ledger, key in ((old, "old"), (fresh, "fresh")):
         record = ledger.start(NewOperation("acme", "request", key, key, {}, key), lease=timedelta(seconds=30))
