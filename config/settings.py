@@ -28,6 +28,10 @@ class Settings(BaseSettings):
         30.0, gt=0, validation_alias="INTEGRATIONS_DEAD_LETTER_RETENTION_DAYS"
     )
 
+    # How often beat runs the sweeper, which sends again what the broker dropped; an operation that had no
+    # delivery for this long past its due time is swept (the grace), so a lost one goes again within two.
+    sweep_interval_seconds: float = Field(30.0, gt=0, validation_alias="INTEGRATIONS_SWEEP_INTERVAL")
+
     @property
     def broker_url(self) -> str:
         return self.broker_url_override or self.redis_url
@@ -35,6 +39,10 @@ class Settings(BaseSettings):
     @property
     def retention(self) -> timedelta:
         return timedelta(days=self.retention_days)
+
+    @property
+    def sweep_interval(self) -> timedelta:
+        return timedelta(seconds=self.sweep_interval_seconds)
 
     @property
     def dead_letter_retention(self) -> timedelta:

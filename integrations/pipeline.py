@@ -110,6 +110,7 @@ class Request:
             fingerprint=self.fingerprint,
             payload=self.message.payload,
             request_id=request_id or self.message.request_id,
+            task_id=self.delivery.message_id,
         )
 
 

@@ -38,6 +38,7 @@ class Runtime:
     redis_url: str
     retention: timedelta = timedelta(days=7)
     dead_letter_retention: timedelta = timedelta(days=30)
+    sweep_grace: timedelta = timedelta(seconds=30)
     interrupts: tuple[type[Exception], ...] = ()
     pid: int = field(default_factory=os.getpid)
     _session: requests.Session | None = None

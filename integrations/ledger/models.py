@@ -111,3 +111,8 @@ class Operation(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A batch operation's items, in order: [{key, status, attempts, error, response}] (see integrations.batch).
     items: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    # The id of the message that first brought the operation (what its caller's AsyncResult reads); a
+    # message the sweeper sends again keeps it.
+    task_id: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
+    # When the sweeper last sent the operation's message again (see integrations.sweeper).
+    swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -51,6 +51,7 @@ class NewOperation:
     fingerprint: str
     payload: Any
     request_id: str | None
+    task_id: str | None = None  # the message's id, kept for the messages that follow it
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class OperationRecord:
     lease_expires_at: datetime | None
     waiting: str | None
     items: Items | None = None
+    task_id: str | None = None
+    swept_at: datetime | None = None
 
     @property
     def where(self) -> str:

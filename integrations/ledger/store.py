@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, cast
@@ -18,10 +19,12 @@ from sqlalchemy import (
     Engine,
     Table,
     Update,
+    and_,
     bindparam,
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -120,6 +123,47 @@ class Ledger:
         query = query.order_by(_table.c.finished_at.desc(), _table.c.id).limit(limit)
         with self._begin() as connection:
             return [_record(row) for row in connection.execute(query).mappings()]
+
+    def stranded(self, before: datetime, limit: int = 1000) -> list[OperationRecord]:
+        """Operations whose message should have come by ``before`` and may have been lost with the broker:
+        queued and due (their next attempt, else their last change, before it), or running on a lease
+        that ran out before it; and not sent again by the sweeper since. Longest waiting first."""
+        due = func.coalesce(_table.c.next_attempt_at, _table.c.updated_at)
+        query = (
+            select(_table)
+            .where(
+                or_(
+                    and_(_table.c.status == OperationStatus.QUEUED.value, due < before),
+                    and_(
+                        _table.c.status == OperationStatus.RUNNING.value, _table.c.lease_expires_at < before
+                    ),
+                ),
+                or_(_table.c.swept_at.is_(None), _table.c.swept_at < before),
+            )
+            .order_by(due)
+            .limit(limit)
+        )
+        with self._begin() as connection:
+            return [_record(row) for row in connection.execute(query).mappings()]
+
+    def mark_swept(self, record: OperationRecord, before: datetime) -> OperationRecord | None:
+        """Note that the sweeper sends ``record``'s message again; ``None`` if the row changed since it was
+        read, or another sweeper marked it first. The version is kept: a worker's claim or finish in
+        flight still wins."""
+        now = self.clock()
+        statement = (
+            update(_table)
+            .where(
+                _table.c.id == record.id,
+                _table.c.version == record.version,
+                or_(_table.c.swept_at.is_(None), _table.c.swept_at < before),
+            )
+            .values(swept_at=now)
+        )
+        with self._begin() as connection:
+            if connection.execute(statement).rowcount != 1:
+                return None
+        return replace(record, swept_at=now)
 
     def count_by_status(self, provider: str | None = None) -> dict[str, int]:
         query = select(_table.c.status, func.count()).group_by(_table.c.status)
@@ -349,6 +393,7 @@ def _new_row(new: NewOperation, now: datetime) -> dict[str, Any]:
         "fingerprint": new.fingerprint,
         "payload": new.payload,
         "request_id": new.request_id,
+        "task_id": new.task_id,
         "status": OperationStatus.QUEUED.value,
         "attempts": 0,
         "replays": 0,
@@ -363,6 +408,7 @@ def _new_row(new: NewOperation, now: datetime) -> dict[str, Any]:
         "lease_expires_at": None,
         "waiting": None,
         "items": None,
+        "swept_at": None,
     }
 
 
@@ -372,6 +418,7 @@ def _takeover(new: NewOperation) -> dict[str, Any]:
         "operation": new.operation,
         "fingerprint": new.fingerprint,
         "payload": new.payload,
+        "task_id": new.task_id,
         "error": None,
         "finished_at": None,
     }

@@ -450,3 +450,18 @@ def test_an_operation_given_up_for_internal_errors_is_recorded_as_a_dead_letter(
     assert record.status is OperationStatus.FAILED and record.error == late.error.model_dump(mode="json")
     assert [letter.id for letter in runner.ledger.dead_letters("sim")] == [record.id]
     broken.engine.dispose()
+
+
+def test_the_ledger_keeps_the_task_id_of_the_message_that_brought_the_operation(
+    runner: OperationRunner,
+) -> None:
+    message = {
+        "payload": {"method": "POST", "path": "/charges", "json": {"amount": 100}},
+        "idempotency_key": "t-1",
+    }
+    assert isinstance(runner.run(Delivery("request", message, message_id="task-first")), Done)
+    again = runner.run(Delivery("request", message, message_id="task-second"))  # the same key, sent again
+
+    assert isinstance(again, Done) and again.result["replayed"] is True
+    record = runner.ledger.find("sim", "t-1")
+    assert record is not None and record.task_id == "task-first"
