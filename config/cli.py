@@ -1,7 +1,8 @@
 """The ``integrations`` console script: the core's operator commands wired to the settings and Celery.
 
 The core's commands get their settings and the replay publisher from here, read when a command runs;
-``demo`` lives here because it starts a worker and sends messages, which the core never does.
+``demo`` and ``queues`` live here because they start a worker, send messages or read the broker, which the
+core never does.
 """
 
 from __future__ import annotations
@@ -9,11 +10,18 @@ from __future__ import annotations
 import sys
 
 import click
+from celery import Celery
+from rich.table import Table
+from rich.text import Text
 
+from config.celery_settings import celery_config
 from config.settings import Settings
 from integrations.cli import OperatorContext, build_cli
+from integrations.cli.context import console, print_json, user_errors
+from integrations.providers import load_providers
 from tasks.demo import run_demo
 from tasks.enqueue import enqueue
+from tasks.queues import BrokerQueues, QueueKind, QueueNames, inspect_broker
 
 
 def operator_context() -> OperatorContext:
@@ -36,4 +44,53 @@ def demo_command(operations: int) -> None:
     sys.exit(run_demo(operations))
 
 
-main = build_cli(operator_context, demo_command)
+@click.command("queues")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def queues_command(as_json: bool) -> None:
+    """List the broker's integrations.* queues with their depth; flag those no provider serves, and
+    messages on Celery's default queue."""
+    settings = Settings()
+    with user_errors():
+        config = celery_config(settings)
+        names = QueueNames.of(
+            load_providers(settings.providers_file), settings.providers_file, config["task_default_queue"]
+        )
+        app = Celery("integrations-queues", set_as_current=False)
+        app.conf.update(config)
+        try:
+            with app.connection_for_read() as connection:
+                found = inspect_broker(connection, names)
+        finally:
+            app.close()
+    if as_json:
+        print_json(found.to_json())
+        return
+    _print_queues(found)
+
+
+_SERVED_BY = {
+    QueueKind.PROJECT: "this project",
+    QueueKind.CELERY_DEFAULT: "-",
+    QueueKind.UNSERVED: "no provider",
+}
+
+
+def _print_queues(found: BrokerQueues) -> None:
+    table = Table("queue", "messages", "served by", "flag", title=found.broker)
+    for row in found.queues:
+        served_by = row.provider or _SERVED_BY.get(row.kind, "-")
+        messages = "absent" if row.messages is None else str(row.messages)
+        table.add_row(row.queue, messages, served_by, Text(row.flag or "", style="bold red"))
+    console.print(table)
+    for row in found.queues:
+        if row.problem:
+            console.print(Text(f"{row.queue}: {row.problem}"), soft_wrap=True)
+    if not found.complete:
+        console.print(
+            "This broker cannot list its queues: shown are the providers' queues, the project's own and "
+            "celery; another integrations.* queue, served by no provider, would not appear.",
+            highlight=False,
+        )
+
+
+main = build_cli(operator_context, demo_command, queues_command)

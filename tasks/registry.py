@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, WorkerShutdown
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.utils.nodenames import worker_direct
 
 from config.settings import Settings
 from integrations.auth import check_secrets
@@ -16,8 +17,9 @@ from integrations.ledger import schema
 from integrations.ledger.engine import create_ledger_engine
 from integrations.redaction import install as install_redaction
 from integrations.runtime import Runtime
-from tasks.maintenance import MAINTENANCE_QUEUE, PRUNE_TASK, register_maintenance
+from tasks.maintenance import MAINTENANCE_QUEUE, MAINTENANCE_TASKS, register_maintenance
 from tasks.operations import configure_runtime, register_operation
+from tasks.queues import QueueNames, refuse_unserved
 
 log = logging.getLogger("integrations.worker")
 
@@ -34,20 +36,22 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             settings.redis_url,
             retention=settings.retention,
             dead_letter_retention=settings.dead_letter_retention,
+            sweep_grace=settings.sweep_interval,
             interrupts=(SoftTimeLimitExceeded,),
         )
     )
-    routes: dict[str, dict[str, str]] = {PRUNE_TASK: {"queue": MAINTENANCE_QUEUE}}
+    routes: dict[str, dict[str, str]] = {task: {"queue": MAINTENANCE_QUEUE} for task in MAINTENANCE_TASKS}
     for name, provider in loaded.providers.items():
         for operation in loaded.adapter_classes[name].operations:
             task_name = provider.task_name(operation)
             register_operation(app, name, operation, task_name, provider.lease_seconds)
             routes[task_name] = {"queue": provider.queue}
     app.conf.task_routes = routes
-    register_maintenance(app)
+    register_maintenance(app, sweep_every=settings.sweep_interval_seconds)
 
     global _startup
-    _startup = (settings.database_url, loaded)
+    queues = QueueNames.of(loaded.providers, settings.providers_file, app.conf.task_default_queue)
+    _startup = (settings.database_url, loaded, queues)
     # Connected once per process, however often tasks are registered (a test may build several apps):
     # the dispatch uid makes a second connect a no-op, and the handlers read what was registered last.
     worker_init.connect(_check_before_start, weak=False, dispatch_uid=f"{__name__}.check_before_start")
@@ -56,23 +60,35 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     return loaded
 
 
-# What the worker checks before it takes a message: the ledger's URL and the runtime loaded from the
-# providers file.
-_startup: tuple[str, Runtime] | None = None
+# What the worker checks before it takes a message: the ledger's URL, the runtime loaded from the
+# providers file, and the queues it serves.
+_startup: tuple[str, Runtime, QueueNames] | None = None
 
 
-def _check_before_start(**_: Any) -> None:
+def _check_before_start(sender: Any = None, **_: Any) -> None:
+    """Refuse to start a worker (``sender``, Celery's WorkController) on a ledger behind the code's schema,
+    on a queue nothing of this project is sent to, or without a provider's secrets."""
     if _startup is None:
         return
-    database_url, loaded = _startup
+    database_url, loaded, queues = _startup
     try:
         check_schema(database_url)
+        if sender is not None:
+            refuse_unserved(consumed_queues(sender), queues)
         for provider in loaded.providers.values():  # every secret can be had, before any message
             check_secrets(provider.name, provider.auth)
     except ConfigError as exc:
         # Celery logs and swallows a signal handler's exceptions; WorkerShutdown stops the worker.
         log.critical("%s", exc)
         raise WorkerShutdown(str(exc)) from exc
+
+
+def consumed_queues(worker: Any) -> list[str]:
+    """The queues ``worker`` will consume: ``-Q`` (less ``-X``) as Celery selected them before
+    ``worker_init``, or the default queue without ``-Q``; not the worker's own direct queue."""
+    app = worker.app
+    direct = {worker_direct(worker.hostname).name} if app.conf.worker_direct else set()
+    return [name for name in app.amqp.queues.consume_from if name not in direct]
 
 
 def _redact_logs(logger: logging.Logger, **_: Any) -> None:
