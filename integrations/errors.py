@@ -6,6 +6,8 @@ The tree::
     ├── ConfigError             the providers file or the settings are wrong (names file, provider, key)
     ├── LedgerUnavailable       the ledger database cannot be reached; the operation waits, nothing is lost
     ├── OperationFailed         raised by a task whose operation ended failed or dead (Celery FAILURE)
+    ├── UnknownOperation        ``enqueue`` of a provider or operation the providers file does not have
+    ├── IdempotencyConflict     ``enqueue`` of a key already used for another operation or payload
     └── OperationError          one attempt at an operation went wrong; carries an ``ErrorInfo``
         ├── InvalidRequest      the message breaks the contract: never retried, no provider call
         ├── ProviderRejected    the provider refused the request (4xx other than 408/429): never retried
@@ -67,6 +69,14 @@ class LedgerUnavailable(IntegrationsError):
 
 class OperationFailed(IntegrationsError):
     """An operation ended failed or dead; the message starts with the error type."""
+
+
+class UnknownOperation(IntegrationsError, LookupError):
+    """No provider, or no operation of its adapter, by that name; the message lists the known ones."""
+
+
+class IdempotencyConflict(IntegrationsError):
+    """The idempotency key was already used for another operation or payload; use a new key."""
 
 
 class OperationError(IntegrationsError):

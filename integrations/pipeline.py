@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from integrations.adapters.base import Adapter, BatchPayload
 from integrations.adapters.message_rules import redact_credentials
+from integrations.batch import BatchItem
 from integrations.errors import ErrorInfo, ErrorType, InvalidRequest, LedgerUnavailable
 from integrations.guard import Attempt, Guard, GuardChain
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
@@ -141,6 +142,23 @@ def parse_message(delivery: Delivery, where: str) -> OperationMessage:
     return message
 
 
+def parse_request(delivery: Delivery, adapter: Adapter) -> tuple[Request, tuple[BatchItem, ...] | None]:
+    """A delivery's message and payload validated as the adapter's operation takes them, with a batch's
+    items (``None`` for a single operation); ``InvalidRequest`` names every problem. Workers and
+    ``integrations.client.enqueue`` check a message the same way."""
+    where = f"{adapter.provider.name}.{delivery.operation}"
+    message = parse_message(delivery, where)
+    payload = adapter.parse_payload(delivery.operation, message.payload)
+    request = Request.of(delivery, adapter.provider.name, message, payload)
+    if not isinstance(payload, BatchPayload):
+        return request, None
+    items = adapter.parse_batch(delivery.operation, payload, request.key)
+    if all(item.problem is not None for item in items):
+        problems = "; ".join(item.problem for item in items[:5] if item.problem)
+        raise InvalidRequest(f"{where}: no item is valid: {problems}")
+    return request, tuple(items)
+
+
 def has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -231,18 +249,12 @@ class OperationRunner:
 
     def _parse(self, delivery: Delivery) -> tuple[Request, Strategy]:
         """Step 1: the message and its payload, and the strategy that serves its operation."""
-        message = parse_message(delivery, self.where(delivery))
-        payload = self.adapter.parse_payload(delivery.operation, message.payload)
-        request = Request.of(delivery, self.provider.name, message, payload)
+        request, items = parse_request(delivery, self.adapter)
         parts = (self.adapter, self.chain, self.policy, self.recorder)
-        if not isinstance(payload, BatchPayload):
+        if items is None:
             return request, Single(*parts)
-        items = self.adapter.parse_batch(delivery.operation, payload, request.key)
-        if all(item.problem is not None for item in items):
-            problems = "; ".join(item.problem for item in items[:5] if item.problem)
-            raise InvalidRequest(f"{request.where}: no item is valid: {problems}")
         max_items = self.adapter.batch_spec(delivery.operation).max_items
-        return request, Batch(*parts, tuple(items), max_items, request.where)
+        return request, Batch(*parts, items, max_items, request.where)
 
     def _attempt(
         self, request: Request, strategy: Strategy, decision: idempotency.Start | idempotency.Claim

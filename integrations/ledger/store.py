@@ -17,6 +17,8 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Engine,
+    Insert,
+    Select,
     Table,
     Update,
     and_,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
     DisconnectionError,
@@ -198,6 +201,33 @@ class Ledger:
         except IntegrityError:
             return None
         return _record(values)
+
+    def enqueue(
+        self, new: NewOperation, *, connection: Connection | None = None
+    ) -> tuple[OperationRecord, bool]:
+        """Insert a new operation as queued, to be sent: the row and True; or, when its key is taken, the
+        row that holds it and False. On ``connection`` (the caller's, on this ledger's database) the row
+        commits or rolls back with the caller's transaction; a taken key does not abort that transaction."""
+        values = _new_row(new, self.clock())
+        find = select(_table).where(
+            _table.c.provider == new.provider, _table.c.idempotency_key == new.idempotency_key
+        )
+        if connection is not None:
+            return self._enqueue_on(connection, values, find)
+        with self._begin() as own:
+            return self._enqueue_on(own, values, find)
+
+    @staticmethod
+    def _enqueue_on(
+        connection: Connection, values: dict[str, Any], find: Select[Any]
+    ) -> tuple[OperationRecord, bool]:
+        statement = _insert_if_absent(connection.dialect.name)
+        # Whether a row came back through RETURNING: rowcount is not reliable for this statement.
+        if connection.execute(statement, values).first() is not None:
+            return _record(values), True
+        row = connection.execute(find).mappings().first()
+        assert row is not None  # the key was taken, and rows are never deleted while their key is in use
+        return _record(row), False
 
     def record_invalid(self, new: NewOperation, error: ErrorInfo) -> OperationRecord:
         """Record a message that broke the contract. It binds its key only when the key is still free."""
@@ -372,6 +402,17 @@ class Ledger:
 
 # Statements built once, values bound at execution: building one per call costs more than running it.
 _INSERT = insert(_table)
+
+
+@cache
+def _insert_if_absent(dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING``: a taken key inserts nothing instead of failing the statement,
+    which on PostgreSQL would abort the caller's whole transaction."""
+    if dialect == "postgresql":
+        return postgresql.insert(_table).on_conflict_do_nothing().returning(_table.c.id)
+    if dialect == "sqlite":
+        return sqlite.insert(_table).on_conflict_do_nothing().returning(_table.c.id)
+    raise ValueError(f"the ledger runs on PostgreSQL or SQLite, not {dialect}")
 
 
 @cache
