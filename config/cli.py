@@ -49,8 +49,8 @@ def demo_command(operations: int) -> None:
 def queues_command(as_json: bool) -> None:
     """List the broker's integrations.* queues with their depth; flag those no provider serves, and
     messages on Celery's default queue."""
-    settings = Settings()
     with user_errors():
+        settings = Settings()
         config = celery_config(settings)
         names = QueueNames.of(
             load_providers(settings.providers_file), settings.providers_file, config["task_default_queue"]

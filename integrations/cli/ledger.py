@@ -13,7 +13,8 @@ from integrations.cli.context import console, current, open_ledger, print_json, 
 from integrations.errors import ConfigError
 from integrations.ledger import schema
 from integrations.ledger.records import Items, ItemStatus, OperationRecord
-from integrations.replay import reset_for_replay
+from integrations.replay import ServedOperations, reset_for_replay
+from integrations.runtime import Runtime
 
 
 @click.group()
@@ -143,6 +144,14 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
     console.print(f"{len(records)} dead letter(s)")
 
 
+def _served() -> ServedOperations:
+    """The providers file's providers and their adapters' operations: what a replayed message may name."""
+    context = current()
+    runtime = Runtime.load(context.providers_file, context.database_url, context.redis_url)
+    operations = {name: tuple(runtime.adapter_classes[name].operations) for name in runtime.providers}
+    return ServedOperations(operations, str(context.providers_file))
+
+
 @dlq.command("replay")
 @click.argument("operation_id")
 def dlq_replay(operation_id: str) -> None:
@@ -150,7 +159,7 @@ def dlq_replay(operation_id: str) -> None:
     again only its items that did not succeed)."""
     ledger = open_ledger()
     with user_errors():
-        before, queued = reset_for_replay(ledger, operation_id)
+        before, queued = reset_for_replay(ledger, operation_id, _served())
         try:
             task_id = current().publish(queued)
         except Exception as exc:

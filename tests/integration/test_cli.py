@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from click.testing import CliRunner, Result
 
 from config.cli import main
@@ -28,13 +29,23 @@ def invoke(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def started(ledger: Ledger, key: str, provider: str = "acme") -> OperationRecord:
+def started(ledger: Ledger, key: str, provider: str = "acme", operation: str = "request") -> OperationRecord:
     payload = {"method": "POST", "path": "/x"}
     record = ledger.start(
-        NewOperation(provider, "request", key, key, payload, f"req-{key}"), lease=timedelta(seconds=30)
+        NewOperation(provider, operation, key, key, payload, f"req-{key}"), lease=timedelta(seconds=30)
     )
     assert record is not None
     return record
+
+
+def providers_file(folder: Path) -> Path:
+    """A providers file with two providers: acme (the http adapter: `request`) and mail (SendGrid)."""
+    path = folder / "providers.toml"
+    path.write_text(
+        '[providers.acme]\nadapter = "http"\nbase_url = "https://a.example"\n'
+        '[providers.mail]\nadapter = "sendgrid"\nbase_url = "https://b.example"\n'
+    )
+    return path
 
 
 def test_db_upgrade_creates_the_schema_a_worker_checks_for(
@@ -157,6 +168,84 @@ def test_dlq_replay_refuses_what_cannot_be_replayed(
     assert missing.exit_code == 1 and "no operation 'no-such-id'" in missing.output
 
 
+@pytest.mark.parametrize(
+    ("provider", "operation", "status", "said"),
+    [
+        (
+            "billing",
+            "request",
+            OperationStatus.DEAD,
+            "provider 'billing' is not in the providers file {file} (it has: acme, mail)",
+        ),
+        (
+            "acme",
+            "refund",
+            OperationStatus.FAILED,
+            "provider 'acme' in {file} has no operation 'refund' (its adapter has: request)",
+        ),
+    ],
+)
+def test_dlq_replay_refuses_an_operation_no_worker_serves_and_leaves_its_row(
+    ledger: Ledger,
+    ledger_url: str,
+    tmp_path: Path,
+    provider: str,
+    operation: str,
+    status: OperationStatus,
+    said: str,
+) -> None:
+    record = started(ledger, f"{provider}-{operation}", provider=provider, operation=operation)
+    error = ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up")
+    letter = ledger.finish(record, status, error=error)
+    assert letter is not None
+    providers = providers_file(tmp_path)
+    sent: list[OperationRecord] = []
+
+    def publish(queued: OperationRecord) -> str:
+        sent.append(queued)
+        return "task-1"
+
+    context = OperatorContext(
+        database_url=ledger_url,
+        redis_url="redis://127.0.0.1:1/0",
+        providers_file=providers,
+        retention=timedelta(days=7),
+        dead_letter_retention=timedelta(days=30),
+        publish=publish,
+    )
+    result = CliRunner().invoke(build_cli(lambda: context), ["dlq", "replay", record.id])
+    assert result.exit_code == 1 and sent == []
+    assert f"operation {record.id} ({provider}.{operation}) was not replayed" in result.output
+    assert said.format(file=providers) in result.output
+    assert "the row is left as it was" in result.output
+    assert ledger.get(record.id) == letter
+
+
+def test_queues_on_a_broker_that_cannot_list_asks_for_the_known_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu's in-memory transport, like AMQP, answers a passive declare but lists no queues; its
+    queues live in this process, so the command run here sees what was sent here."""
+    providers = providers_file(tmp_path)
+    application = Celery("application", broker="memory://")
+    for _ in range(2):
+        application.send_task("integrations.mail.send_mail", kwargs={}, queue="integrations.mail")
+    env = {"INTEGRATIONS_PROVIDERS_FILE": str(providers), "BROKER_URL": "memory://"}
+    shown = json.loads(invoke(monkeypatch, env, "queues", "--json").output)
+    assert shown["complete"] is False
+    depths = {row["queue"]: row["messages"] for row in shown["queues"]}
+    assert depths == {
+        "celery": None,
+        "integrations.acme": None,
+        "integrations.default": None,
+        "integrations.mail": 2,
+        "integrations.maintenance": None,
+    }
+    human = invoke(monkeypatch, env, "queues").output
+    assert "absent" in human and "This broker cannot list its queues" in human
+    application.close()
+
+
 def test_providers_lists_tasks_and_queues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     providers = tmp_path / "providers.toml"
     providers.write_text('[providers.acme]\nadapter = "http"\nbase_url = "https://api.acme.example"\n')
@@ -193,7 +282,9 @@ def test_help_reads_no_settings_and_a_command_reads_them_when_it_runs(
     assert listed.exit_code == 1 and "INTEGRATIONS_RETENTION_DAYS" in listed.output
 
 
-def test_dlq_replay_sends_through_the_publisher_it_is_given(ledger: Ledger, ledger_url: str) -> None:
+def test_dlq_replay_sends_through_the_publisher_it_is_given(
+    ledger: Ledger, ledger_url: str, tmp_path: Path
+) -> None:
     record = started(ledger, "dead-3")
     error = ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up")
     assert ledger.finish(record, OperationStatus.DEAD, error=error) is not None
@@ -206,7 +297,7 @@ def test_dlq_replay_sends_through_the_publisher_it_is_given(ledger: Ledger, ledg
     context = OperatorContext(
         database_url=ledger_url,
         redis_url="redis://127.0.0.1:1/0",
-        providers_file=Path("unused.toml"),
+        providers_file=providers_file(tmp_path),
         retention=timedelta(days=7),
         dead_letter_retention=timedelta(days=30),
         publish=publish,
