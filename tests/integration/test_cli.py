@@ -314,7 +314,7 @@ def test_dlq_replay_sends_through_the_publisher_it_is_given(
 def test_the_console_script_is_installed() -> None:
     binary = Path(sys.executable).with_name("integrations")
     out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("db", "ops", "dlq", "providers", "demo"):
+    for command in ("db", "ops", "dlq", "providers", "demo", "queues"):
         assert command in out
 
 
