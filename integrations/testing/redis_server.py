@@ -56,42 +56,41 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def private_redis(startup_timeout: float = 10.0) -> Iterator[str]:
-    """Start a throw-away redis-server and yield its URL; stop it and remove its folder afterwards."""
-    binary = redis_server_binary()
-    folder = tempfile.mkdtemp(prefix="integrations-redis-")
-    port = _free_port()
-    command = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        folder,
-        "--daemonize",
-        "no",
-        "--logfile",
-        os.path.join(folder, "redis.log"),
-    ]
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while not redis_answers(url, timeout=0.2):
+class RedisServer:
+    """A throw-away redis-server on a free port, keeping nothing on disk; ``restart`` brings it back empty
+    on the same port (what a Redis without persistence does after a crash)."""
+
+    def __init__(self, startup_timeout: float = 10.0) -> None:
+        self.binary = redis_server_binary()
+        self.folder = tempfile.mkdtemp(prefix="integrations-redis-")
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            self.binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--dir", self.folder, "--daemonize", "no", "--logfile", os.path.join(self.folder, "redis.log")),
+        ]
+        self.process = process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while not redis_answers(self.url, timeout=0.2):
             if process.poll() is not None or time.monotonic() > deadline:
                 stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise RuntimeError(f"{binary} did not start on port {port}: {stderr.strip() or 'no answer'}")
+                self.stop()
+                raise RuntimeError(
+                    f"{self.binary} did not start on port {self.port}: {stderr.strip() or 'no answer'}"
+                )
             time.sleep(0.05)  # polling for readiness, bounded by the deadline above
-        yield url
-    finally:
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
         process.terminate()
         try:
             process.wait(timeout=10)
@@ -100,7 +99,25 @@ def private_redis(startup_timeout: float = 10.0) -> Iterator[str]:
             process.wait()
         if process.stderr:
             process.stderr.close()
-        shutil.rmtree(folder, ignore_errors=True)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def private_redis(startup_timeout: float = 10.0) -> Iterator[str]:
+    """Start a throw-away redis-server and yield its URL; stop it and remove its folder afterwards."""
+    server = RedisServer(startup_timeout)
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.remove()
 
 
 @contextmanager
