@@ -20,7 +20,7 @@ from integrations.cli import OperatorContext, build_cli
 from integrations.cli.context import console, print_json, user_errors
 from integrations.providers import load_providers
 from tasks.demo import run_demo
-from tasks.enqueue import enqueue
+from tasks.enqueue import enqueue, resend
 from tasks.queues import BrokerQueues, QueueKind, QueueNames, inspect_broker
 
 
@@ -34,6 +34,8 @@ def operator_context() -> OperatorContext:
         retention=settings.retention,
         dead_letter_retention=settings.dead_letter_retention,
         publish=enqueue,
+        resend=resend,
+        sweep_grace=settings.sweep_interval,
     )
 
 

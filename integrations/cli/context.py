@@ -24,7 +24,8 @@ console = Console()
 @dataclass(frozen=True)
 class OperatorContext:
     """What the operator commands need from the wiring: where state lives, how long ended operations are
-    kept, and how to send a replayed operation's message (``publish(record) -> task id``)."""
+    kept, how to send a replayed operation's message as a new task (``publish(record) -> task id``) and
+    a swept one's under its own task id (``resend``), and the sweeper's grace."""
 
     database_url: str
     redis_url: str
@@ -32,6 +33,8 @@ class OperatorContext:
     retention: timedelta
     dead_letter_retention: timedelta
     publish: Callable[[OperationRecord], str]
+    resend: Callable[[OperationRecord], str] | None = None
+    sweep_grace: timedelta = timedelta(seconds=30)
 
 
 def current() -> OperatorContext:

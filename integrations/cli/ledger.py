@@ -15,6 +15,7 @@ from integrations.ledger import schema
 from integrations.ledger.records import Items, ItemStatus, OperationRecord
 from integrations.replay import ServedOperations, reset_for_replay
 from integrations.runtime import Runtime
+from integrations.sweeper import Sweeper
 
 
 @click.group()
@@ -87,6 +88,25 @@ def ops_prune() -> None:
             retention=context.retention, dead_letter_retention=context.dead_letter_retention
         )
     click.echo(f"deleted {deleted} ledger record(s) past retention")
+
+
+@ops.command("sweep")
+def ops_sweep() -> None:
+    """Send again the operations whose message the broker dropped (what beat runs every sweep interval)."""
+    context = current()
+    if context.resend is None:
+        raise click.ClickException("this installation has no publisher for swept operations")
+    with user_errors():
+        served = _served()
+        sweeper = Sweeper(open_ledger(), context.resend, set(served.operations), context.sweep_grace)
+        swept = sweeper.sweep()
+    for each in swept:
+        record = each.record
+        click.echo(
+            f"sent again: {record.where} key={record.idempotency_key} operation_id={record.id} "
+            f"({record.status.value}) as task {each.task_id}"
+        )
+    click.echo(f"{len(swept)} operation(s) sent again")
 
 
 @click.group()

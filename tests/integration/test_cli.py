@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,10 +17,11 @@ from config.cli import main
 from integrations.cli import OperatorContext, build_cli
 from integrations.errors import ConfigError, ErrorInfo, ErrorType
 from integrations.ledger import schema
-from integrations.ledger.models import OperationStatus
+from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord, load_items
 from integrations.ledger.store import Ledger
 from tasks.registry import check_schema
+from tests.clock import Clock
 
 
 def invoke(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> Result:
@@ -362,3 +363,45 @@ def test_breaker_commands_say_when_redis_is_unreachable(
     env = {"INTEGRATIONS_PROVIDERS_FILE": str(providers), "REDIS_URL": "redis://127.0.0.1:1/0"}
     result = invoke(monkeypatch, env, "breaker", "show")
     assert result.exit_code == 1 and "Redis at" in result.output and "cannot be reached" in result.output
+
+
+def test_ops_sweep_sends_again_what_had_no_delivery_and_says_so(ledger_url: str, tmp_path: Path) -> None:
+    an_hour_ago = Ledger.connect(ledger_url, clock=Clock(datetime.now(UTC) - timedelta(hours=1)))
+    lost = NewOperation(
+        "acme", "request", "lost-1", "fp", {"method": "POST", "path": "/x"}, None, "task-lost"
+    )
+    record, _created = an_hour_ago.enqueue(lost)  # its message never reached a worker
+    an_hour_ago.enqueue(NewOperation("acme", "request", "fresh-1", "fp", {}, None, "task-fresh"))  # not due
+    an_hour_ago.engine.dispose()
+    with Ledger.connect(ledger_url).engine.begin() as connection:  # fresh-1 was written just now
+        connection.execute(
+            Operation.__table__.update()
+            .where(Operation.__table__.c.idempotency_key == "fresh-1")
+            .values(updated_at=datetime.now(UTC))
+        )
+    resent: list[OperationRecord] = []
+
+    def resend(swept: OperationRecord) -> str:
+        resent.append(swept)
+        return str(swept.task_id)
+
+    context = OperatorContext(
+        database_url=ledger_url,
+        redis_url="redis://127.0.0.1:1/0",
+        providers_file=providers_file(tmp_path),
+        retention=timedelta(days=7),
+        dead_letter_retention=timedelta(days=30),
+        publish=resend,
+        resend=resend,
+    )
+    result = CliRunner().invoke(build_cli(lambda: context), ["ops", "sweep"])
+
+    assert result.exit_code == 0, result.output
+    assert (
+        f"sent again: acme.request key=lost-1 operation_id={record.id} (queued) as task task-lost"
+        in result.output
+    )
+    assert result.output.strip().endswith("1 operation(s) sent again")
+    assert [swept.idempotency_key for swept in resent] == ["lost-1"]
+    again = CliRunner().invoke(build_cli(lambda: context), ["ops", "sweep"])
+    assert again.output.strip() == "0 operation(s) sent again"  # marked: not again before the grace
