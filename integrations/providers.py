@@ -6,6 +6,8 @@ the provider and the key, and says what is expected, so an operator can fix it w
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -20,6 +22,11 @@ from integrations.errors import ConfigError
 # must come back before the Redis transport's visibility_timeout, or Redis redelivers it; config/celery_app.py
 # sets that timeout above this. Longer waits (a far Retry-After) are served in hops of at most this length.
 MAX_COUNTDOWN = 900.0
+
+# The largest payload a message may carry unless the providers file says otherwise: 1 MiB.
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# A payload is kept in a ledger row; PostgreSQL's jsonb holds at most this many bytes.
+MAX_PAYLOAD_BYTES = 256 * 1024 * 1024 - 1
 
 PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
@@ -41,8 +48,9 @@ class Rate(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> Rate:
-        match = _RATE.match(text)
-        if match is None or float(match.group(1)) <= 0:
+        match = _RATE.fullmatch(text)
+        # N is a positive number a float can hold: a thousand nines would be infinity.
+        if match is None or not 0 < float(match.group(1)) < math.inf:
             raise ValueError(f"rate {text!r} is not of the form N/s, N/m or N/h with N > 0 (e.g. '20/s')")
         return cls(amount=float(match.group(1)), period=_PERIODS[match.group(2)], text=text.strip())
 
@@ -82,7 +90,12 @@ class BreakerSettings(_Section):
 
 
 def _parse_rate(value: Any) -> Any:
-    return Rate.parse(value) if isinstance(value, str) else value
+    """A rate is written as text; a table of amount and period would pass by the checks of ``Rate.parse``."""
+    if isinstance(value, Rate | None):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a string of the form N/s, N/m or N/h (e.g. '20/s')")
+    return Rate.parse(value)
 
 
 class PerKeySettings(_Section):
@@ -120,6 +133,10 @@ class ProviderSettings(_Section):
     # What the breaker and the throttle do when Redis cannot be reached: "defer" waits (the default: a
     # provider is never called blind), "call" goes ahead without them.
     when_redis_down: Literal["defer", "call"] = "defer"
+    # The largest payload a message may carry, counted as compact JSON in UTF-8 (the form the ledger keeps
+    # it in); a larger one is refused as invalid_request, so a runaway message never fills the broker's
+    # retries, the provider or the ledger.
+    max_payload_bytes: Annotated[int, Field(ge=1, le=MAX_PAYLOAD_BYTES)] = DEFAULT_MAX_PAYLOAD_BYTES
     auth: AuthSettings | None = None
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
@@ -179,6 +196,10 @@ def load_providers(path: Path | str) -> dict[str, ProviderSettings]:
         raise ConfigError(f"{path}: cannot read providers file: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib reads nested arrays and inline tables by recursion
+        raise ConfigError(
+            f"{path}: not valid TOML: arrays or inline tables nested too deeply; write them flatter"
+        ) from None
     return parse_providers(document, source=str(path))
 
 
@@ -193,8 +214,8 @@ def parse_providers(document: dict[str, Any], *, source: str) -> dict[str, Provi
         raise ConfigError(f"{source}: 'providers' must be a table of [providers.<name>] tables")
     providers: dict[str, ProviderSettings] = {}
     for name, table in tables.items():
-        where = f"{source}: [providers.{name}]"
-        if not PROVIDER_NAME.match(name):
+        where = f"{source}: {_header(name)}"
+        if not PROVIDER_NAME.fullmatch(name):
             raise ConfigError(
                 f"{where}: provider names are lower-case letters, digits, '-' and '_', starting with a letter "
                 "(they become queue and task names)"
@@ -210,14 +231,21 @@ def parse_providers(document: dict[str, Any], *, source: str) -> dict[str, Provi
     return providers
 
 
+def _header(name: str) -> str:
+    """The table's header, a name that is empty or holds a line break or another unprintable character
+    quoted and escaped, so the message stays on one line and shows what is there."""
+    return f"[providers.{name if name.isprintable() and name else json.dumps(name)}]"
+
+
 def _describe(where: str, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"] if part != "name") or "(table)"
+        # An empty key ("" = 1) is a key too; only an error of the whole table has no location.
+        key = ".".join(str(part) for part in error["loc"]) if error["loc"] else "(table)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against config/providers.toml)"
         elif error["type"] == "missing":
             message = "required key is missing"
-        problems.append(f"{where} key '{key}': {message}")
+        problems.append(f"{where} key {key!r}: {message}")
     return "\n".join(problems)

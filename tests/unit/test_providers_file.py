@@ -112,6 +112,16 @@ def test_empty_file_has_no_providers(tmp_path: Path) -> None:
         ("[providers.acme.retry]\nbackoff_max = 901", "retry.backoff_max", "less than or equal to 900"),
         ("[providers.acme.retry]\nmax_atempts = 3", "retry.max_atempts", "unknown key"),
         ("[providers.acme.breaker]\nfail_max = 0", "breaker.fail_max", "greater than or equal to 1"),
+        ("max_payload_bytes = 0", "max_payload_bytes", "greater than or equal to 1"),
+        ('max_payload_bytes = "1MB"', "max_payload_bytes", "valid integer"),
+        # A number too long for a float would be an infinite rate.
+        (f'rate_limit = "{"9" * 400}/s"', "rate_limit", "is not of the form N/s"),
+        # A rate is text: a table would set amount and period past the checks (a period of 0 divides by 0).
+        ("rate_limit = {amount = 1, period = 0, text = '1/s'}", "rate_limit", "must be a string"),
+        ("[providers.acme.per_key]\nfield = 'a'\nrate_limit = 5", "per_key.rate_limit", "must be a string"),
+        # The key named is the key in the file, also when it is empty or called "name".
+        ('"" = 1', "", "unknown key"),
+        ("[providers.acme.retry]\nname = 'x'", "retry.name", "unknown key"),
     ],
 )
 def test_invalid_value_names_file_provider_and_key(tmp_path: Path, extra: str, key: str, detail: str) -> None:
@@ -176,6 +186,42 @@ def test_bad_provider_name(tmp_path: Path, header: str) -> None:
 
     message = str(caught.value)
     assert message.startswith(f"{path}: [providers.{name}]: provider names are lower-case letters")
+
+
+def test_a_name_with_a_line_break_is_refused_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("[providers.acme]", '[providers."acme\\n"]'))
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    message = str(caught.value)
+    assert message.startswith(f'{path}: [providers."acme\\n"]: provider names are lower-case letters')
+    assert "\n" not in message
+
+
+def test_a_key_with_a_line_break_is_named_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '"time\\nout" = 1\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_providers(path)
+
+    assert str(caught.value) == (
+        f"{path}: [providers.acme] key 'time\\nout': unknown key (check its spelling against "
+        "config/providers.toml)"
+    )
+
+
+def test_arrays_nested_too_deeply_are_refused_as_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "timeout = " + "[" * 5000 + "]" * 5000 + "\n")
+
+    with pytest.raises(ConfigError, match=r"not valid TOML: arrays or inline tables nested too deeply"):
+        load_providers(path)
+
+
+def test_max_payload_bytes_defaults_to_one_mebibyte(tmp_path: Path) -> None:
+    assert load_providers(write(tmp_path, MINIMAL))["acme"].max_payload_bytes == 1_048_576
+    raised = load_providers(write(tmp_path, MINIMAL + "max_payload_bytes = 8_388_608\n"))["acme"]
+    assert raised.max_payload_bytes == 8 * 1024 * 1024
 
 
 def test_name_key_is_refused(tmp_path: Path) -> None:
