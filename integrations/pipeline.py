@@ -16,7 +16,10 @@ The hot path costs one ledger read and two ledger writes (claim, finish) per att
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -48,9 +51,20 @@ MAX_INTERNAL_ERROR_REDELIVERIES = 5
 CLAIM_TRIES = 3
 
 
+# A payload nested deeper than this is refused: deeper than any provider's API goes, and well inside Python's
+# recursion limit, which the JSON encoder, the fingerprint and the ledger's walks over a payload all meet.
+MAX_PAYLOAD_DEPTH = 100
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# What is kept of the reason an invalid message was refused, in the ledger and the task's result.
+MAX_INVALID_MESSAGE = 2000
+
+
 def _printable(value: str | None) -> str | None:
+    """Keys and request ids travel as HTTP header values: printable, and Latin-1 at most."""
     if value is not None and not value.isprintable():
         raise ValueError("must contain printable characters only (no control characters or newlines)")
+    if value is not None and max(value, default="") > "\xff":
+        raise ValueError("must contain Latin-1 characters only (it is sent as an HTTP header value)")
     return value
 
 
@@ -115,18 +129,24 @@ class Request:
         )
 
 
-def parse_message(delivery: Delivery, where: str) -> OperationMessage:
-    """The kwargs as an ``OperationMessage``; ``InvalidRequest`` names every problem."""
+def parse_message(delivery: Delivery, where: str, provider: ProviderSettings) -> OperationMessage:
+    """The kwargs as an ``OperationMessage``, its payload JSON within the provider's size limit;
+    ``InvalidRequest`` names every problem."""
     if delivery.args:
         raise InvalidRequest(
             f"{where}: positional arguments are not accepted; send "
+            "kwargs={'payload': ..., 'idempotency_key': ..., 'request_id': ...}"
+        )
+    if not isinstance(delivery.kwargs, Mapping):
+        raise InvalidRequest(
+            f"{where}: the message's kwargs are {type(delivery.kwargs).__name__}, not a mapping; send "
             "kwargs={'payload': ..., 'idempotency_key': ..., 'request_id': ...}"
         )
     try:
         message = OperationMessage.model_validate(dict(delivery.kwargs))
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(kwargs)'}: "
+            f"{'.'.join(_shown(p) for p in e['loc']) or '(kwargs)'}: "
             + (
                 "unexpected key; the message takes payload, idempotency_key and request_id"
                 if e["type"] == "extra_forbidden"
@@ -135,6 +155,9 @@ def parse_message(delivery: Delivery, where: str) -> OperationMessage:
             for e in exc.errors()
         )
         raise InvalidRequest(f"{where}: {problems}") from None
+    problem = payload_problem(message.payload, provider)
+    if problem is not None:
+        raise InvalidRequest(f"{where}: {problem}")
     if has_nul(message.payload):
         raise InvalidRequest(
             f"{where}: payload contains a NUL character (\\u0000), which the ledger cannot store; remove it"
@@ -142,12 +165,82 @@ def parse_message(delivery: Delivery, where: str) -> OperationMessage:
     return message
 
 
+def payload_problem(payload: Any, provider: ProviderSettings) -> str | None:
+    """Why a payload cannot be sent and kept, or ``None``: it must be JSON (string keys, finite numbers,
+    Unicode text, at most ``MAX_PAYLOAD_DEPTH`` deep) of at most the provider's ``max_payload_bytes`` as
+    compact JSON in UTF-8. The encoder measures first, so an oversized payload is never walked."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        size: int | None = len(text.encode())
+    except (TypeError, ValueError, RecursionError):  # a lone surrogate fails the encoding: a ValueError
+        size = None
+    limit = provider.max_payload_bytes
+    if size is not None and size > limit:
+        return (
+            f"payload is {size:,} bytes as compact JSON, over the limit of {limit:,}; send a smaller "
+            f"payload, or raise max_payload_bytes in [providers.{provider.name}] of the providers file"
+        )
+    problem = _json_problem(payload, "payload", 0)
+    if problem is None and size is None:
+        problem = "payload: not JSON"  # what the encoder refused and the walk could not name
+    return problem
+
+
+def _json_problem(value: Any, path: str, depth: int) -> str | None:
+    """The first thing in ``value`` that is no JSON a provider and the ledger take, named by its path."""
+    if depth > MAX_PAYLOAD_DEPTH:
+        return f"{path}: nested more than {MAX_PAYLOAD_DEPTH} levels deep; send a flatter payload"
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            return f"{path}: contains a lone surrogate (\\ud800 to \\udfff), which is not Unicode text"
+        return None
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        try:
+            str(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return f"{path}: an integer too long to write as JSON; send it as a string"
+        return None
+    if isinstance(value, float):
+        return (
+            None if math.isfinite(value) else f"{path}: {value} is not a JSON number; send null or a string"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path}: key {_shown(key)} is a {type(key).__name__}; JSON object keys are strings"
+            problem = _json_problem(key, f"{path} key {_shown(key)}", depth + 1) or _json_problem(
+                item, f"{path}.{_shown(key)}", depth + 1
+            )
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for position, item in enumerate(value):
+            problem = _json_problem(item, f"{path}.{position}", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return (
+        f"{path}: a {type(value).__name__} is not JSON; send a string, number, boolean, null, array or object"
+    )
+
+
+def _shown(part: Any) -> str:
+    """A key as a message names it: as it is when short and printable, else quoted, escaped and cut."""
+    if isinstance(part, str) and 0 < len(part) <= 64 and part.isprintable():
+        return part
+    shown = repr(part[:64] if isinstance(part, str) else part)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
 def parse_request(delivery: Delivery, adapter: Adapter) -> tuple[Request, tuple[BatchItem, ...] | None]:
     """A delivery's message and payload validated as the adapter's operation takes them, with a batch's
     items (``None`` for a single operation); ``InvalidRequest`` names every problem. Workers and
     ``integrations.client.enqueue`` check a message the same way."""
     where = f"{adapter.provider.name}.{delivery.operation}"
-    message = parse_message(delivery, where)
+    message = parse_message(delivery, where, adapter.provider)
     payload = adapter.parse_payload(delivery.operation, message.payload)
     request = Request.of(delivery, adapter.provider.name, message, payload)
     if not isinstance(payload, BatchPayload):
@@ -164,7 +257,7 @@ def has_nul(value: Any) -> bool:
         return "\x00" in value
     if isinstance(value, dict):
         return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return any(has_nul(item) for item in value)
     return False
 
@@ -341,10 +434,19 @@ class OperationRunner:
         key = kwargs.get("idempotency_key")
         valid_key = isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()
         request_id = kwargs.get("request_id")
-        usable_request_id = isinstance(request_id, str) and 0 < len(request_id) <= MAX_KEY_LENGTH
+        usable_request_id = (
+            isinstance(request_id, str) and 0 < len(request_id) <= MAX_KEY_LENGTH and request_id.isprintable()
+        )
         # A refused message may carry what must not or cannot be kept (a credential header, a NUL
-        # character): it is stored redacted.
-        payload = storable(redact_credentials(kwargs.get("payload")))
+        # character): it is stored redacted. A payload over the size limit, or one the ledger cannot hold
+        # (not JSON, a lone surrogate, nested too deeply), is not stored at all: in its place, a note of
+        # why, with the size and the limit for an oversized one, so a 50 MB message never fills a row.
+        raw = kwargs.get("payload")
+        problem = payload_problem(raw, self.provider)
+        if problem is None:  # JSON, so read back as the ledger will (a tuple as a list) to be redacted
+            payload = storable(redact_credentials(json.loads(json.dumps(raw))))
+        else:
+            payload = {"not_kept": problem}
         new = NewOperation(
             provider=self.provider.name,
             operation=delivery.operation,
@@ -353,9 +455,14 @@ class OperationRunner:
             payload=payload,
             request_id=storable(request_id) if usable_request_id else None,
         )
-        record = self.ledger.record_invalid(new, exc.info())
-        log.warning("invalid request %s operation_id=%s: %s", self.where(delivery), record.id, exc.message)
-        return Failed(OperationStatus.FAILED, exc.info(), record.id)
+        error = exc.info()
+        if len(error.message) > MAX_INVALID_MESSAGE:
+            # A message that names a field quotes its name, which a bad payload may make megabytes long.
+            cut = len(error.message) - MAX_INVALID_MESSAGE
+            error.message = f"{error.message[:MAX_INVALID_MESSAGE]}... ({cut:,} more characters)"
+        record = self.ledger.record_invalid(new, error)
+        log.warning("invalid request %s operation_id=%s: %s", self.where(delivery), record.id, error.message)
+        return Failed(OperationStatus.FAILED, error, record.id)
 
     def _record_internal_error(self, delivery: Delivery, error: ErrorInfo) -> str | None:
         """End the operation's row as failed, so it is a dead letter that can be replayed rather than a

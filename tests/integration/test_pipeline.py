@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import event
 
 from integrations.adapters.http import HttpAdapter
 from integrations.errors import ErrorType
+from integrations.ledger import schema
 from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation
@@ -380,6 +382,158 @@ def test_a_payload_with_a_nul_character_is_refused(
     assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
     assert "NUL" in outcome.error.message
     assert simulator.calls() == []
+
+
+def compact_size(payload: Any) -> int:
+    """A payload's size as the limit counts it: compact JSON in UTF-8."""
+    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def test_a_payload_at_the_size_limit_is_sent(runner: OperationRunner, simulator: ProviderSimulator) -> None:
+    assert runner.provider.max_payload_bytes == 1024 * 1024  # the default
+    payload: dict[str, Any] = {"method": "POST", "path": "/charges", "json": ""}
+    payload["json"] = "x" * (1024 * 1024 - compact_size(payload))
+    assert compact_size(payload) == 1024 * 1024
+    outcome = runner.run(Delivery("request", {"payload": payload, "idempotency_key": "order-30"}))
+    assert isinstance(outcome, Done)
+    assert len(simulator.calls()) == 1
+
+
+def test_a_payload_over_the_size_limit_is_refused_by_name_and_only_noted_in_the_ledger(
+    runner: OperationRunner, simulator: ProviderSimulator
+) -> None:
+    payload: dict[str, Any] = {"method": "POST", "path": "/charges", "json": ""}
+    payload["json"] = "x" * (1024 * 1024 + 1 - compact_size(payload))
+    outcome = runner.run(Delivery("request", {"payload": payload, "idempotency_key": "order-31"}))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert outcome.error.message == (
+        "sim.request: payload is 1,048,577 bytes as compact JSON, over the limit of 1,048,576; send a "
+        "smaller payload, or raise max_payload_bytes in [providers.sim] of the providers file"
+    )
+    assert simulator.calls() == []
+    record = runner.ledger.find("sim", "order-31")
+    assert record is not None and record.status is OperationStatus.FAILED
+    # The row keeps why, not the megabyte: a payload of 50 MB would otherwise be a row of 50 MB.
+    assert record.payload == {"not_kept": outcome.error.message.removeprefix("sim.request: ")}
+    assert compact_size(record.payload) < 300
+    # The key is not bound: the payload cut down goes through under it.
+    payload["json"] = "x"
+    assert isinstance(
+        runner.run(Delivery("request", {"payload": payload, "idempotency_key": "order-31"})), Done
+    )
+
+
+def test_the_size_limit_is_the_providers_and_counts_utf8_bytes(
+    tmp_path: Any, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    provider = provider_settings(base_url=simulator.url, max_payload_bytes=100)
+    url = f"sqlite:///{tmp_path / 'small.sqlite3'}"
+    schema.upgrade(url)
+    runner = OperationRunner(
+        provider, HttpAdapter(provider, requests.Session()), Ledger.connect(url), clock=clock
+    )
+    payload: dict[str, Any] = {"method": "POST", "path": "/charges", "json": ""}
+    payload["json"] = "é" * ((100 - compact_size(payload)) // 2)  # two bytes each
+    assert compact_size(payload) in (99, 100)
+    assert isinstance(runner.run(Delivery("request", {"payload": payload, "idempotency_key": "k-1"})), Done)
+    payload["json"] += "é"
+    outcome = runner.run(Delivery("request", {"payload": payload, "idempotency_key": "k-2"}))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert "over the limit of 100;" in outcome.error.message
+    assert len(simulator.calls()) == 1
+
+
+def nested(depth: int) -> Any:
+    """A list ``depth`` levels deep."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (float("nan"), "payload.json: nan is not a JSON number"),
+        ({"amount": float("inf")}, "payload.json.amount: inf is not a JSON number"),
+        ({"amount": Decimal("1.5")}, "payload.json.amount: a Decimal is not JSON"),
+        ([datetime(2026, 1, 1, tzinfo=UTC)], "payload.json.0: a datetime is not JSON"),
+        ({"tags": frozenset({"a"})}, "payload.json.tags: a frozenset is not JSON"),
+        ({1: "a", "b": 2}, "payload.json: key 1 is a int; JSON object keys are strings"),
+        (10**5000, "payload.json: an integer too long to write as JSON"),
+        ({"name": "\ud800"}, "payload.json.name: contains a lone surrogate"),
+        ({"\udfff": 1}, "payload.json key '\\udfff': contains a lone surrogate"),
+        (("a\x00",), "NUL character"),
+        (nested(101), "nested more than 100 levels deep"),
+        (nested(5000), "nested more than 100 levels deep"),
+    ],
+    ids=[
+        "nan",
+        "inf",
+        "decimal",
+        "datetime",
+        "frozenset",
+        "int-key",
+        "long-int",
+        "surrogate",
+        "surrogate-key",
+        "nul-in-tuple",
+        "deep",
+        "very-deep",
+    ],
+)
+def test_a_payload_that_is_not_json_is_refused_by_path_and_not_retried(
+    runner: OperationRunner, simulator: ProviderSimulator, body: Any, expected: str
+) -> None:
+    payload = {"method": "POST", "path": "/charges", "json": body}
+    outcome = runner.run(Delivery("request", {"payload": payload, "idempotency_key": "order-32"}))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert outcome.error.message.startswith("sim.request: ") and expected in outcome.error.message
+    assert simulator.calls() == []
+    record = runner.ledger.find("sim", "order-32")
+    assert record is not None and record.error is not None and record.error["type"] == "invalid_request"
+    if "NUL" not in expected:  # what the ledger cannot hold is noted, not kept
+        assert set(record.payload) == {"not_kept"} and expected in record.payload["not_kept"]
+
+
+@pytest.mark.parametrize("kwargs", [None, [("payload", {})], "payload", 42])
+def test_kwargs_that_are_no_mapping_are_an_invalid_request(
+    runner: OperationRunner, simulator: ProviderSimulator, kwargs: Any
+) -> None:
+    outcome = runner.run(Delivery("request", kwargs))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert f"the message's kwargs are {type(kwargs).__name__}, not a mapping" in outcome.error.message
+    assert outcome.operation_id is not None and runner.ledger.get(outcome.operation_id) is not None
+    assert simulator.calls() == []
+
+
+@pytest.mark.parametrize("field", ["idempotency_key", "request_id"])
+def test_a_key_or_request_id_beyond_latin_1_is_refused_as_it_travels_as_a_header(
+    runner: OperationRunner, simulator: ProviderSimulator, field: str
+) -> None:
+    message = {"payload": {"method": "POST", "path": "/charges"}, "idempotency_key": "order-33", field: "ĀB"}
+    outcome = runner.run(Delivery("request", message))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert f"{field}: Value error, must contain Latin-1 characters only" in outcome.error.message
+    assert simulator.calls() == []
+
+
+def test_an_unprintable_request_id_of_an_invalid_message_is_not_kept(runner: OperationRunner) -> None:
+    message = {"payload": {"method": "POST"}, "idempotency_key": "order-34", "request_id": "\ud800"}
+    outcome = runner.run(Delivery("request", message))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    record = runner.ledger.find("sim", "order-34")
+    assert record is not None and record.request_id is None
+
+
+def test_the_reason_for_refusing_a_huge_field_name_is_cut(runner: OperationRunner) -> None:
+    payload = {"method": "POST", "path": "/charges", "k" * 100_000: 1}
+    outcome = runner.run(Delivery("request", {"payload": payload, "idempotency_key": "order-35"}))
+    assert isinstance(outcome, Failed) and outcome.error.type is ErrorType.INVALID_REQUEST
+    assert len(outcome.error.message) < 2100 and outcome.error.message.endswith(" more characters)")
+    record = runner.ledger.find("sim", "order-35")
+    assert record is not None and record.error is not None
+    assert record.error["message"] == outcome.error.message
 
 
 def test_a_lost_last_attempt_ends_dead_without_another_call(
