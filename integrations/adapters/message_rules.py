@@ -36,11 +36,19 @@ def redact_credentials(value: Any) -> Any:
 
 
 def check_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """Refuse payload headers that the worker owns or that would carry credentials."""
-    for name in headers:
+    """Refuse payload headers that the worker owns, that would carry credentials, or that HTTP cannot carry
+    (a value beyond Latin-1 fails in the call otherwise, after the attempt is claimed)."""
+    for name, value in headers.items():
         if name.lower() in RESERVED_HEADERS:
             raise ValueError(f"header {name!r} is set by the worker (from idempotency_key / request_id)")
         check_not_credential("header", name)
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"header {name!r} has a character HTTP headers cannot carry (beyond Latin-1); encode it, "
+                "e.g. as RFC 8187 or base64, or send it in the body"
+            ) from None
     return headers
 
 
