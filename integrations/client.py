@@ -43,7 +43,7 @@ from integrations.errors import ConfigError, ErrorType, IdempotencyConflict, Unk
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.store import Ledger
-from integrations.pipeline import Delivery, parse_request
+from integrations.message import Delivery, parse_request
 from integrations.providers import ProviderSettings
 
 log = logging.getLogger("integrations.client")

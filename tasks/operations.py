@@ -14,8 +14,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from integrations.errors import OperationFailed
+from integrations.message import Delivery
 from integrations.outcome import Defer, Done, Outcome, Retry
-from integrations.pipeline import Delivery
 from integrations.runtime import Runtime
 
 _runtime: Runtime | None = None

@@ -12,25 +12,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Engine,
-    Insert,
     Select,
-    Table,
-    Update,
     and_,
-    bindparam,
     delete,
     func,
-    insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
     DisconnectionError,
@@ -43,34 +36,25 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from integrations.errors import ErrorInfo, LedgerUnavailable
 from integrations.ledger.engine import create_ledger_engine
-from integrations.ledger.models import ENDED_BADLY, Operation, OperationStatus
-from integrations.ledger.records import (
-    Items,
-    NewOperation,
-    OperationRecord,
-    dump_items,
-    load_items,
+from integrations.ledger.models import ENDED_BADLY, OperationStatus
+from integrations.ledger.records import Items, NewOperation, OperationRecord, dump_items
+from integrations.ledger.rows import (
+    INSERT,
+    insert_if_absent,
+    new_row,
+    record_of,
+    row_values,
+    storable,
+    table,
+    takeover_values,
+    update_statement,
 )
 
 Clock = Callable[[], datetime]
-_table = cast(Table, Operation.__table__)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def storable(value: Any) -> Any:
-    """A value as the ledger can keep it: NUL characters (which PostgreSQL refuses) replaced. ``finish``
-    applies it to what the provider answered; a refused message is stored through it as well. (A payload
-    with a NUL is refused, never changed: its fingerprint must be the caller's.)"""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {storable(k): storable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [storable(item) for item in value]
-    return value
 
 
 class Ledger:
@@ -106,48 +90,44 @@ class Ledger:
     # -- reads -----------------------------------------------------------------------------------
 
     def find(self, provider: str, idempotency_key: str) -> OperationRecord | None:
-        query = select(_table).where(
-            _table.c.provider == provider, _table.c.idempotency_key == idempotency_key
-        )
+        query = select(table).where(table.c.provider == provider, table.c.idempotency_key == idempotency_key)
         with self._begin() as connection:
             row = connection.execute(query).mappings().first()
-        return _record(row) if row else None
+        return record_of(row) if row else None
 
     def get(self, operation_id: str) -> OperationRecord | None:
         with self._begin() as connection:
-            row = connection.execute(select(_table).where(_table.c.id == operation_id)).mappings().first()
-        return _record(row) if row else None
+            row = connection.execute(select(table).where(table.c.id == operation_id)).mappings().first()
+        return record_of(row) if row else None
 
     def dead_letters(self, provider: str | None = None, limit: int = 1000) -> list[OperationRecord]:
         """Failed, dead and partial operations, newest first."""
-        query = select(_table).where(_table.c.status.in_(ENDED_BADLY))
+        query = select(table).where(table.c.status.in_(ENDED_BADLY))
         if provider is not None:
-            query = query.where(_table.c.provider == provider)
-        query = query.order_by(_table.c.finished_at.desc(), _table.c.id).limit(limit)
+            query = query.where(table.c.provider == provider)
+        query = query.order_by(table.c.finished_at.desc(), table.c.id).limit(limit)
         with self._begin() as connection:
-            return [_record(row) for row in connection.execute(query).mappings()]
+            return [record_of(row) for row in connection.execute(query).mappings()]
 
     def stranded(self, before: datetime, limit: int = 1000) -> list[OperationRecord]:
         """Operations whose message should have come by ``before`` and may have been lost with the broker:
         queued and due (their next attempt, else their last change, before it), or running on a lease
         that ran out before it; and not sent again by the sweeper since. Longest waiting first."""
-        due = func.coalesce(_table.c.next_attempt_at, _table.c.updated_at)
+        due = func.coalesce(table.c.next_attempt_at, table.c.updated_at)
         query = (
-            select(_table)
+            select(table)
             .where(
                 or_(
-                    and_(_table.c.status == OperationStatus.QUEUED.value, due < before),
-                    and_(
-                        _table.c.status == OperationStatus.RUNNING.value, _table.c.lease_expires_at < before
-                    ),
+                    and_(table.c.status == OperationStatus.QUEUED.value, due < before),
+                    and_(table.c.status == OperationStatus.RUNNING.value, table.c.lease_expires_at < before),
                 ),
-                or_(_table.c.swept_at.is_(None), _table.c.swept_at < before),
+                or_(table.c.swept_at.is_(None), table.c.swept_at < before),
             )
             .order_by(due)
             .limit(limit)
         )
         with self._begin() as connection:
-            return [_record(row) for row in connection.execute(query).mappings()]
+            return [record_of(row) for row in connection.execute(query).mappings()]
 
     def mark_swept(self, record: OperationRecord, before: datetime) -> OperationRecord | None:
         """Note that the sweeper sends ``record``'s message again; ``None`` if the row changed since it was
@@ -155,11 +135,11 @@ class Ledger:
         flight still wins."""
         now = self.clock()
         statement = (
-            update(_table)
+            update(table)
             .where(
-                _table.c.id == record.id,
-                _table.c.version == record.version,
-                or_(_table.c.swept_at.is_(None), _table.c.swept_at < before),
+                table.c.id == record.id,
+                table.c.version == record.version,
+                or_(table.c.swept_at.is_(None), table.c.swept_at < before),
             )
             .values(swept_at=now)
         )
@@ -169,14 +149,14 @@ class Ledger:
         return replace(record, swept_at=now)
 
     def count_by_status(self, provider: str | None = None) -> dict[str, int]:
-        query = select(_table.c.status, func.count()).group_by(_table.c.status)
+        query = select(table.c.status, func.count()).group_by(table.c.status)
         if provider is not None:
-            query = query.where(_table.c.provider == provider)
+            query = query.where(table.c.provider == provider)
         with self._begin() as connection:
             return {str(status): int(count) for status, count in connection.execute(query).all()}
 
     def attempts_by_provider(self) -> dict[str, int]:
-        query = select(_table.c.provider, func.sum(_table.c.attempts)).group_by(_table.c.provider)
+        query = select(table.c.provider, func.sum(table.c.attempts)).group_by(table.c.provider)
         with self._begin() as connection:
             return {str(provider): int(total or 0) for provider, total in connection.execute(query).all()}
 
@@ -188,7 +168,7 @@ class Ledger:
         """Insert a new operation as running its first attempt; ``None`` if the key is already taken.
         ``items``: a batch's item states, as this attempt starts them."""
         now = self.clock()
-        values = _new_row(new, now) | {
+        values = new_row(new, now) | {
             "status": OperationStatus.RUNNING.value,
             "attempts": 1,
             "started_at": now,
@@ -197,10 +177,10 @@ class Ledger:
         }
         try:
             with self._begin() as connection:
-                connection.execute(_INSERT, values)
+                connection.execute(INSERT, values)
         except IntegrityError:
             return None
-        return _record(values)
+        return record_of(values)
 
     def enqueue(
         self, new: NewOperation, *, connection: Connection | None = None
@@ -208,9 +188,9 @@ class Ledger:
         """Insert a new operation as queued, to be sent: the row and True; or, when its key is taken, the
         row that holds it and False. On ``connection`` (the caller's, on this ledger's database) the row
         commits or rolls back with the caller's transaction; a taken key does not abort that transaction."""
-        values = _new_row(new, self.clock())
-        find = select(_table).where(
-            _table.c.provider == new.provider, _table.c.idempotency_key == new.idempotency_key
+        values = new_row(new, self.clock())
+        find = select(table).where(
+            table.c.provider == new.provider, table.c.idempotency_key == new.idempotency_key
         )
         if connection is not None:
             return self._enqueue_on(connection, values, find)
@@ -221,30 +201,30 @@ class Ledger:
     def _enqueue_on(
         connection: Connection, values: dict[str, Any], find: Select[Any]
     ) -> tuple[OperationRecord, bool]:
-        statement = _insert_if_absent(connection.dialect.name)
+        statement = insert_if_absent(connection.dialect.name)
         # Whether a row came back through RETURNING: rowcount is not reliable for this statement.
         if connection.execute(statement, values).first() is not None:
-            return _record(values), True
+            return record_of(values), True
         row = connection.execute(find).mappings().first()
         assert row is not None  # the key was taken, and rows are never deleted while their key is in use
-        return _record(row), False
+        return record_of(row), False
 
     def record_invalid(self, new: NewOperation, error: ErrorInfo) -> OperationRecord:
         """Record a message that broke the contract. It binds its key only when the key is still free."""
         now = self.clock()
-        values = _new_row(new, now) | {
+        values = new_row(new, now) | {
             "status": OperationStatus.FAILED.value,
             "error": error.model_dump(mode="json"),
             "finished_at": now,
         }
         try:
             with self._begin() as connection:
-                connection.execute(_INSERT, values)
+                connection.execute(INSERT, values)
         except IntegrityError:
             values |= {"idempotency_key": None, "id": str(uuid.uuid4())}
             with self._begin() as connection:
-                connection.execute(_INSERT, values)
-        return _record(values)
+                connection.execute(INSERT, values)
+        return record_of(values)
 
     def claim(
         self,
@@ -276,7 +256,7 @@ class Ledger:
         if items is not None:
             values["items"] = dump_items(items)
         if takeover is not None:
-            values |= _takeover(takeover) | {"attempts": 1}
+            values |= takeover_values(takeover) | {"attempts": 1}
         return self._compare_and_set(record, values)
 
     def finish(
@@ -326,14 +306,14 @@ class Ledger:
         if record is None:
             if new is None:
                 raise ValueError("record_wait: a new operation needs `new`")
-            row = _new_row(new, now) | {
+            row = new_row(new, now) | {
                 "waiting": reason,
                 "next_attempt_at": until,
                 "items": dump_items(items),
             }
             try:
                 with self._begin() as connection:
-                    connection.execute(_INSERT, row)
+                    connection.execute(INSERT, row)
             except IntegrityError:
                 pass
             return
@@ -348,7 +328,7 @@ class Ledger:
         if items is not None:
             values["items"] = dump_items(items)
         if new is not None:
-            values |= _takeover(new) | {"request_id": new.request_id, "attempts": 0}
+            values |= takeover_values(new) | {"request_id": new.request_id, "attempts": 0}
         self._compare_and_set(record, values)
 
     def requeue(self, record: OperationRecord, *, items: Items | None = None) -> OperationRecord | None:
@@ -371,25 +351,23 @@ class Ledger:
     def restore(self, before: OperationRecord, current: OperationRecord) -> bool:
         """Put back ``before`` over ``current`` (undo a replay whose message could not be sent); False if
         the row changed since ``current`` was read."""
-        values = {k: v for k, v in _row_values(before).items() if k != "id"} | {
-            "version": current.version + 1
-        }
+        values = {k: v for k, v in row_values(before).items() if k != "id"} | {"version": current.version + 1}
         return self._compare_and_set(current, values) is not None
 
     def prune(self, *, retention: timedelta, dead_letter_retention: timedelta) -> int:
         """Delete ended operations past their retention; returns how many rows went."""
         now = self.clock()
-        succeeded = delete(_table).where(
-            _table.c.status == OperationStatus.SUCCEEDED, _table.c.finished_at < now - retention
+        succeeded = delete(table).where(
+            table.c.status == OperationStatus.SUCCEEDED, table.c.finished_at < now - retention
         )
-        ended_badly = delete(_table).where(
-            _table.c.status.in_(ENDED_BADLY), _table.c.finished_at < now - dead_letter_retention
+        ended_badly = delete(table).where(
+            table.c.status.in_(ENDED_BADLY), table.c.finished_at < now - dead_letter_retention
         )
         with self._begin() as connection:
             return sum(connection.execute(statement).rowcount for statement in (succeeded, ended_badly))
 
     def _compare_and_set(self, record: OperationRecord, values: dict[str, Any]) -> OperationRecord | None:
-        statement = _update_statement(tuple(sorted(values)))
+        statement = update_statement(tuple(sorted(values)))
         params = {f"set_{name}": value for name, value in values.items()} | {
             "match_id": record.id,
             "match_version": record.version,
@@ -397,86 +375,4 @@ class Ledger:
         with self._begin() as connection:
             if connection.execute(statement, params).rowcount != 1:
                 return None
-        return _record(_row_values(record) | values)
-
-
-# Statements built once, values bound at execution: building one per call costs more than running it.
-_INSERT = insert(_table)
-
-
-@cache
-def _insert_if_absent(dialect: str) -> Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING``: a taken key inserts nothing instead of failing the statement,
-    which on PostgreSQL would abort the caller's whole transaction."""
-    if dialect == "postgresql":
-        return postgresql.insert(_table).on_conflict_do_nothing().returning(_table.c.id)
-    if dialect == "sqlite":
-        return sqlite.insert(_table).on_conflict_do_nothing().returning(_table.c.id)
-    raise ValueError(f"the ledger runs on PostgreSQL or SQLite, not {dialect}")
-
-
-@cache
-def _update_statement(columns: tuple[str, ...]) -> Update:
-    """``UPDATE operations SET <columns> WHERE id = :match_id AND version = :match_version``."""
-    return (
-        update(_table)
-        .where(_table.c.id == bindparam("match_id"), _table.c.version == bindparam("match_version"))
-        .values({name: bindparam(f"set_{name}") for name in columns})
-    )
-
-
-def _new_row(new: NewOperation, now: datetime) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "provider": new.provider,
-        "operation": new.operation,
-        "idempotency_key": new.idempotency_key,
-        "fingerprint": new.fingerprint,
-        "payload": new.payload,
-        "request_id": new.request_id,
-        "task_id": new.task_id,
-        "status": OperationStatus.QUEUED.value,
-        "attempts": 0,
-        "replays": 0,
-        "version": 1,
-        "error": None,
-        "response": None,
-        "created_at": now,
-        "updated_at": now,
-        "started_at": None,
-        "finished_at": None,
-        "next_attempt_at": None,
-        "lease_expires_at": None,
-        "waiting": None,
-        "items": None,
-        "swept_at": None,
-    }
-
-
-def _takeover(new: NewOperation) -> dict[str, Any]:
-    """The columns a valid request rewrites when it takes over the row of an invalid one."""
-    return {
-        "operation": new.operation,
-        "fingerprint": new.fingerprint,
-        "payload": new.payload,
-        "task_id": new.task_id,
-        "error": None,
-        "finished_at": None,
-    }
-
-
-def _row_values(record: OperationRecord) -> dict[str, Any]:
-    values = {name: getattr(record, name) for name in _COLUMNS}
-    values["status"] = record.status.value
-    values["items"] = dump_items(record.items)
-    return values
-
-
-def _record(row: Any) -> OperationRecord:
-    values = dict(row)
-    values["status"] = OperationStatus(values["status"])
-    values["items"] = load_items(values["items"])
-    return OperationRecord(**values)
-
-
-_COLUMNS = tuple(column.name for column in _table.columns)
+        return record_of(row_values(record) | values)

@@ -17,8 +17,9 @@ from integrations.errors import ErrorType
 from integrations.guard import Attempt, Observation
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Ledger
+from integrations.message import Delivery
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry, WaitReason
-from integrations.pipeline import Delivery, OperationRunner
+from integrations.pipeline import OperationRunner
 from integrations.replay import reset_for_replay
 from tests.clock import Clock
 from tests.fakes.hubspot import PATH, FakeHubSpot

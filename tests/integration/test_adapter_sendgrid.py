@@ -31,8 +31,9 @@ from integrations.errors import (
 )
 from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.store import Ledger
+from integrations.message import Delivery
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry
-from integrations.pipeline import Delivery, OperationRunner
+from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
 from integrations.runtime import build_runner
 from tests.clock import Clock

@@ -27,8 +27,9 @@ from integrations.errors import (
 )
 from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.store import Ledger
+from integrations.message import Delivery
 from integrations.outcome import Done, Failed, Retry
-from integrations.pipeline import Delivery, OperationRunner
+from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import BreakerState
 from integrations.resilience.guards import BreakerGuard, ThrottleGuard

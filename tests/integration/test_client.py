@@ -19,7 +19,8 @@ from integrations.errors import IdempotencyConflict, InvalidRequest, UnknownOper
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import OperationRecord
 from integrations.ledger.store import Ledger
-from integrations.pipeline import Delivery, OperationRunner
+from integrations.message import Delivery
+from integrations.pipeline import OperationRunner
 from integrations.sweeper import Sweeper
 from tests.clock import Clock
 from tests.providers import provider_settings

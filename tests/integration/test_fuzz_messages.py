@@ -21,8 +21,9 @@ from integrations.adapters.http import HttpAdapter
 from integrations.errors import ErrorType
 from integrations.ledger.models import Operation, OperationStatus
 from integrations.ledger.store import Ledger
+from integrations.message import MAX_INVALID_MESSAGE, Delivery
 from integrations.outcome import Done, Failed, Outcome
-from integrations.pipeline import MAX_INVALID_MESSAGE, Delivery, OperationRunner
+from integrations.pipeline import OperationRunner
 from integrations.testing.provider import ProviderSimulator
 from tests.clock import Clock
 from tests.providers import provider_settings

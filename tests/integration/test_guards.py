@@ -18,8 +18,9 @@ from integrations.adapters.http import HttpAdapter
 from integrations.guard import INLINE_WAIT
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.store import Ledger
+from integrations.message import Delivery
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry
-from integrations.pipeline import Delivery, OperationRunner
+from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import BreakerState, SharedBreaker
 from integrations.resilience.scripts import redis_client

@@ -21,8 +21,9 @@ from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation
 from integrations.ledger.store import Ledger
+from integrations.message import Delivery
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry
-from integrations.pipeline import MAX_INTERNAL_ERROR_REDELIVERIES, Delivery, OperationRunner
+from integrations.pipeline import MAX_INTERNAL_ERROR_REDELIVERIES, OperationRunner
 from integrations.providers import MAX_COUNTDOWN
 from integrations.resilience.idempotency import fingerprint
 from integrations.testing.provider import ProviderSimulator
