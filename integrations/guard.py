@@ -7,9 +7,13 @@ and the pipeline runs them through ``GuardChain`` without knowing which they are
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -70,12 +74,43 @@ class _Answer(Protocol):
 Answer = TypeVar("Answer", bound=_Answer)
 
 
+class AttemptTimedOut(Exception):
+    """The call ran past its deadline and was cut (see ``deadline``)."""
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Cut the block with ``AttemptTimedOut`` after ``seconds``, by a timer signal: what a per-read timeout
+    cannot do against a slow trickle of bytes. Only the block is covered, not what follows it (storing the
+    result, say). Signals reach only a process's main thread, where a worker's pool process runs its task;
+    elsewhere there is no deadline, and the host's own time limit is the backstop. Nor is there one while
+    something else holds the process's real-time timer: it is left alone."""
+    if (
+        not seconds
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getitimer(signal.ITIMER_REAL)[0] > 0
+    ):
+        yield
+        return
+
+    def expired(_signal: int, _frame: FrameType | None) -> None:
+        raise AttemptTimedOut(f"cut after {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @dataclass(frozen=True)
 class GuardChain:
     """The guards of one provider, asked in order before a call and shown its result after it.
 
-    ``interrupts``: exceptions by which the host stops an attempt that runs too long (Celery's soft time
-    limit); such an attempt counts as timed out and is retried."""
+    Each call is cut at the provider's ``attempt_deadline``; ``interrupts``: other exceptions by which the
+    host stops an attempt that runs too long. Such an attempt counts as timed out and is retried."""
 
     guards: Sequence[Guard] = ()
     interrupts: tuple[type[Exception], ...] = ()
@@ -108,11 +143,13 @@ class GuardChain:
         started = time.monotonic()
         error: OperationError | None = None
         reply: Answer | None = None
+        cut: tuple[type[Exception], ...] = (AttemptTimedOut, *self.interrupts)
         try:
-            reply = call()
+            with deadline(attempt.provider.attempt_deadline):
+                reply = call()
         except OperationError as exc:
             error = exc
-        except self.interrupts as exc:
+        except cut as exc:
             error = TransientError(
                 f"{where}: the attempt ran past its time limit ({type(exc).__name__})",
                 error_type=ErrorType.TIMEOUT,

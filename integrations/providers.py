@@ -169,7 +169,13 @@ class ProviderSettings(_Section):
         """How long one attempt may hold its operation before another worker may take it over: longer
         than the call can take (the timeout applies per connect and per read), short enough that an
         operation whose worker died is picked up again soon."""
-        return 3 * self.timeout + 5.0
+        return self.attempt_deadline + 5.0
+
+    @property
+    def attempt_deadline(self) -> float:
+        """How long one call may take in all: a slow trickle of bytes defeats the per-read timeout, so the
+        worker cuts the call here (and counts it as timed out), well inside the lease."""
+        return 3 * self.timeout
 
 
 def queue_name(provider: str) -> str:

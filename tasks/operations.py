@@ -6,17 +6,22 @@ to its queue and the worker slot is free meanwhile); Failed -> ``OperationFailed
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
+from celery.worker.request import Request
+from celery.worker.state import task_ready
 
 from integrations.errors import OperationFailed
 from integrations.message import Delivery
 from integrations.outcome import Defer, Done, Outcome, Retry
 from integrations.runtime import Runtime
+
+log = logging.getLogger("integrations.worker")
 
 _runtime: Runtime | None = None
 _runtime_factory: Callable[[], Runtime] | None = None
@@ -37,7 +42,29 @@ def runtime() -> Runtime:
     return _runtime
 
 
+class OperationRequest(Request):  # type: ignore[misc]
+    """A delivery as the worker's main process tracks it. An operation task killed by its hard time limit
+    (only a process hung beyond the attempt's own deadline meets it) is not recorded as failed: its
+    outcome is the ledger's, and its message goes back to the queue, whose next delivery finds the
+    operation in the ledger (ended, or with a lease that runs out) and reports that."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if soft:
+            super().on_timeout(soft, timeout)
+            return
+        task_ready(self)
+        log.error(
+            "hard time limit (%ss) exceeded for %s[%s]: the process was killed; the message goes back to "
+            "its queue and the ledger's outcome is reported at its next delivery",
+            timeout,
+            self.name,
+            self.id,
+        )
+        self.reject(requeue=True)
+
+
 class OperationTask(Task):  # type: ignore[misc]
+    Request = OperationRequest
     acks_late = True
     max_retries = None  # attempts are counted in the ledger; a deferral must not use them up
     throws = (OperationFailed,)  # an expected failure: logged in one line, without a traceback
@@ -76,9 +103,8 @@ def run_operation(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def register_operation(app: Celery, provider: str, operation: str, name: str, lease: float) -> None:
     _operations[name] = (provider, operation)
-    # Time limits below the lease, so no attempt outlives it and two never run at once: the soft limit
-    # interrupts an attempt that hangs (a slow trickle of bytes defeats the per-read timeout), which is then
-    # retried; the hard limit kills the process if even that hangs, and the message comes back.
-    app.task(name=name, bind=True, base=OperationTask, soft_time_limit=lease - 5, time_limit=lease - 1)(
-        run_operation
-    )
+    # The attempt's own deadline (integrations.guard.deadline, 3 x timeout) cuts a call that drags on, and
+    # covers the call only: a soft time limit would also interrupt storing the result, and report a
+    # succeeded operation as failed when Redis is slow to answer. The hard limit, below the lease so that
+    # no attempt outlives it, kills a process that hangs even so; the message comes back (OperationRequest).
+    app.task(name=name, bind=True, base=OperationTask, time_limit=lease - 1)(run_operation)

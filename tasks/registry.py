@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded, WorkerShutdown
+from celery.exceptions import WorkerShutdown
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from celery.utils.nodenames import worker_direct
 
@@ -37,7 +37,6 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             retention=settings.retention,
             dead_letter_retention=settings.dead_letter_retention,
             sweep_grace=settings.sweep_interval,
-            interrupts=(SoftTimeLimitExceeded,),
         )
     )
     routes: dict[str, dict[str, str]] = {task: {"queue": MAINTENANCE_QUEUE} for task in MAINTENANCE_TASKS}
