@@ -71,7 +71,7 @@ class OperationRunner:
         # The one way to set derived fields of a frozen dataclass.
         object.__setattr__(self, "policy", RetryPolicy.of(self.provider.retry))
         object.__setattr__(self, "chain", GuardChain(self.guards, self.interrupts, self.sleep))
-        object.__setattr__(self, "recorder", Recorder(self.ledger, self.clock))
+        object.__setattr__(self, "recorder", Recorder(self.ledger, self.clock, self.sleep))
 
     def run(self, delivery: Delivery) -> Outcome:
         """One delivery, whatever happens: the ledger out of reach puts the message back, and so does a

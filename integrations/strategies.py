@@ -9,6 +9,8 @@ the ``Recorder``, which writes the ledger, logs, and hands back the ``Outcome``.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Protocol
@@ -16,7 +18,7 @@ from typing import Any, Protocol
 from integrations import batch
 from integrations.adapters.base import Adapter
 from integrations.batch import BatchItem
-from integrations.errors import ErrorInfo, ErrorType, OperationError, last_attempt_lost
+from integrations.errors import ErrorInfo, ErrorType, LedgerUnavailable, OperationError, last_attempt_lost
 from integrations.guard import Attempt, GuardChain
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import Items, ItemStatus, OperationRecord, dump_items
@@ -26,6 +28,12 @@ from integrations.providers import MAX_COUNTDOWN
 from integrations.resilience.retry import GiveUp, RetryPolicy
 
 log = logging.getLogger("integrations.operations")
+
+# Writing an attempt's outcome again while the ledger is out of reach: first after this many seconds,
+# doubling up to the longest, and never so late that the lease might run out first.
+FINISH_RETRY_FIRST = 0.25
+FINISH_RETRY_LONGEST = 2.0
+FINISH_RETRY_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -195,13 +203,40 @@ class Recorder:
     """The end of an attempt written to the ledger, logged, and turned into an ``Outcome``. Every write
     compares the row's version, so ``None`` from the ledger means the row changed since it was read: for a
     claimed attempt, another worker took the operation over after our lease ran out, and its outcome is
-    the one that counts."""
+    the one that counts.
+
+    When the ledger cannot be reached just as an attempt ends (the database restarting), the outcome is
+    kept and written again, for as long as the attempt's lease leaves room: otherwise the operation would
+    wait out its lease and call the provider a second time for an outcome it already has."""
 
     ledger: Ledger
     clock: Clock
+    sleep: Callable[[float], None] = time.sleep
+
+    def _finish(
+        self, record: OperationRecord, status: OperationStatus, **values: Any
+    ) -> OperationRecord | None:
+        wait = FINISH_RETRY_FIRST
+        while True:
+            try:
+                return self.ledger.finish(record, status, **values)
+            except LedgerUnavailable as exc:
+                lease = record.lease_expires_at
+                if lease is None or self.clock() + timedelta(seconds=wait + FINISH_RETRY_MARGIN) >= lease:
+                    raise
+                log.warning(
+                    "%s key=%s: the ledger cannot be reached to record the attempt's outcome; trying again "
+                    "in %.2fs: %s",
+                    record.where,
+                    record.idempotency_key,
+                    wait,
+                    exc,
+                )
+                self.sleep(wait)
+                wait = min(wait * 2, FINISH_RETRY_LONGEST)
 
     def succeeded(self, claimed: OperationRecord, response: Any) -> Outcome:
-        finished = self.ledger.finish(claimed, OperationStatus.SUCCEEDED, response=response)
+        finished = self._finish(claimed, OperationStatus.SUCCEEDED, response=response)
         if finished is None:
             return self.taken_over(claimed)
         log.info(
@@ -219,13 +254,13 @@ class Recorder:
         """The operation waits for its next attempt, ``delay`` seconds from now (``None``: at once, as a
         batch's next chunk does); False if another worker took it over meanwhile."""
         due = None if delay is None else self.clock() + timedelta(seconds=delay)
-        finished = self.ledger.finish(
+        finished = self._finish(
             claimed, OperationStatus.QUEUED, error=error, next_attempt_at=due, items=items
         )
         return finished is not None
 
     def gave_up(self, claimed: OperationRecord, verdict: GiveUp) -> Outcome:
-        finished = self.ledger.finish(claimed, verdict.status, error=verdict.error)
+        finished = self._finish(claimed, verdict.status, error=verdict.error)
         if finished is None:
             return self.taken_over(claimed)
         log.warning(
@@ -247,7 +282,7 @@ class Recorder:
     ) -> Outcome | None:
         """End a batch whose items all have an outcome; ``None`` if the row changed meanwhile."""
         status = status or batch.final_status(items) or OperationStatus.FAILED
-        finished = self.ledger.finish(record, status, error=error, items=items)
+        finished = self._finish(record, status, error=error, items=items)
         if finished is None:
             return None
         log.info(

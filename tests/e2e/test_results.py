@@ -61,14 +61,14 @@ def test_a_result_stored_late_is_the_operations_success(
     app = Celery("client", broker=broker_url, backend=results_url)
     app.conf.update(accept_content=["json"], result_accept_content=["json"])
     key = unique("paused")
-    kwargs = {"payload": {"method": "POST", "path": "/v1/payments?delay=0.5"}, "idempotency_key": key}
+    kwargs = {"payload": {"method": "POST", "path": "/v1/payments?delay=1.5"}, "idempotency_key": key}
 
     with running_worker(
         app, env, ["integrations.paused"], tmp_path, concurrency=1, loglevel="INFO"
     ) as worker:
         result = app.send_task("integrations.paused.request", kwargs=kwargs, queue="integrations.paused")
         deadline = time.monotonic() + 30
-        while not simulator.calls(idempotency_key=key):  # the call is in flight: pause Redis now
+        while not simulator.calls(idempotency_key=key):  # the call is in flight (1.5 s): pause Redis now
             assert time.monotonic() < deadline, worker.log_tail()
             time.sleep(0.02)
         redis.Redis.from_url(results_url).execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")

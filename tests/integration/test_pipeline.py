@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import event
 
 from integrations.adapters.http import HttpAdapter
-from integrations.errors import ErrorType
+from integrations.errors import ErrorType, LedgerUnavailable
 from integrations.ledger import schema
 from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import OperationStatus
@@ -620,3 +620,47 @@ def test_the_ledger_keeps_the_task_id_of_the_message_that_brought_the_operation(
     assert isinstance(again, Done) and again.result["replayed"] is True
     record = runner.ledger.find("sim", "t-1")
     assert record is not None and record.task_id == "task-first"
+
+
+class FinishAfterARestart(Ledger):
+    """A ledger whose database restarts just as attempts end: the first writes of an outcome fail."""
+
+    failures = 2
+
+    def finish(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise LedgerUnavailable("ledger at test: OperationalError: the database system is shutting down")
+        return super().finish(*args, **kwargs)
+
+
+def test_an_outcome_the_ledger_cannot_take_at_once_is_written_again_without_a_second_call(
+    runner: OperationRunner, ledger_url: str, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    restarting = FinishAfterARestart(create_ledger_engine(ledger_url), clock=clock)
+    slept: list[float] = []
+    patient = OperationRunner(runner.provider, runner.adapter, restarting, clock=clock, sleep=slept.append)
+
+    outcome = patient.run(
+        Delivery("request", {"payload": {"method": "POST", "path": "/x"}, "idempotency_key": "r-1"})
+    )
+
+    assert isinstance(outcome, Done) and outcome.result["status"] == "succeeded"
+    assert slept == [0.25, 0.5] and len(simulator.calls(idempotency_key="r-1")) == 1
+    restarting.engine.dispose()
+
+
+def test_an_outcome_is_not_held_past_the_attempts_lease(
+    runner: OperationRunner, ledger_url: str, simulator: ProviderSimulator, clock: Clock
+) -> None:
+    down = FinishAfterARestart(create_ledger_engine(ledger_url), clock=clock)
+    down.failures = 1000  # it does not come back
+    patient = OperationRunner(runner.provider, runner.adapter, down, clock=clock, sleep=clock.advance)
+
+    outcome = patient.run(
+        Delivery("request", {"payload": {"method": "POST", "path": "/x"}, "idempotency_key": "r-2"})
+    )
+
+    assert isinstance(outcome, Defer) and outcome.reason == "ledger_unavailable"  # the message comes back
+    assert len(simulator.calls(idempotency_key="r-2")) == 1
+    down.engine.dispose()
