@@ -89,6 +89,7 @@ class Setup:
     fleet: Fleet
     maintenance: Fleet  # one worker on integrations.maintenance, where beat sends the sweeps
     markers: list[str]  # what names this scenario's processes on their command line
+    app: Celery  # the application's Celery: what its callers read results through  # what names this scenario's processes on their command line
 
 
 @dataclass
@@ -269,6 +270,7 @@ def environment(seed: int, keep: Path | None = None) -> Iterator[Setup]:
             fleet,
             maintenance,
             markers=[*maintenance.nodes, str(schedule), redis_server.folder, str(postgres.folder)],
+            app=app,
         )
 
 
@@ -301,6 +303,7 @@ class Row:
     repeated_keys: int = 0
     extra_calls: int = 0
     same_key: bool = True
+    wrong_results: int = 0  # succeeded in the ledger, but not SUCCESS for a caller reading AsyncResult
     processes_lost: int = 0
     drain: float | None = None
     slowest: float = 0.0  # seconds from an operation's enqueue to its end, the longest
@@ -317,6 +320,8 @@ class Row:
             missed.append(f"{self.extra_calls} repeated calls > {self.processes_lost} processes lost")
         if not self.same_key:
             missed.append("a repeat with another Idempotency-Key")
+        if self.wrong_results:
+            missed.append(f"{self.wrong_results} callers told other than the ledger's success")
         if self.leftovers:
             missed.append(f"{len(self.leftovers)} processes left behind")
         return missed
@@ -430,6 +435,11 @@ def measure(row: Row, setup: Setup, faults: Faults) -> None:
         row.notes.append(
             "repeated: " + ", ".join(sorted(repeated)[:3]) + (", …" if len(repeated) > 3 else "")
         )
+    results = _results_of_succeeded(setup)
+    row.wrong_results = sum(n for state, n in results.items() if state != "SUCCESS")
+    row.notes.append(
+        "results callers read: " + ", ".join(f"{n} {state}" for state, n in results.most_common())
+    )
     uncalled = row.succeeded - len(by_order)
     if uncalled > 0:
         row.notes.append(f"{uncalled} succeeded without a call")
@@ -446,6 +456,15 @@ def measure(row: Row, setup: Setup, faults: Faults) -> None:
         row.notes.append(f"{soft} soft time limits")
     sweeper = "\n".join(path.read_text(errors="replace") for path in setup.maintenance.logs if path.exists())
     row.notes.append(f"{sweeper.count(f'swept {PROVIDER}.')} messages sent again by the sweeper")
+
+
+def _results_of_succeeded(setup: Setup) -> Counter[str]:
+    """What a caller's ``AsyncResult(task_id)`` says of each operation the ledger has as succeeded."""
+    with setup.ledger.engine.connect() as connection:
+        task_ids = connection.execute(
+            select(Operation.task_id).where(Operation.status == OperationStatus.SUCCEEDED)
+        ).scalars()
+        return Counter(str(setup.app.AsyncResult(task_id).state) for task_id in task_ids if task_id)
 
 
 # -- the table -------------------------------------------------------------------------------------
