@@ -103,9 +103,10 @@ class Request:
         )
 
 
-def parse_message(delivery: Delivery, where: str, provider: ProviderSettings) -> OperationMessage:
+def parse_message(delivery: Delivery, provider: ProviderSettings) -> OperationMessage:
     """The kwargs as an ``OperationMessage``, its payload JSON within the provider's size limit;
     ``InvalidRequest`` names every problem."""
+    where = f"{provider.name}.{delivery.operation}"
     if delivery.args:
         raise InvalidRequest(
             f"{where}: positional arguments are not accepted; send "
@@ -132,17 +133,14 @@ def parse_message(delivery: Delivery, where: str, provider: ProviderSettings) ->
     problem = payload_problem(message.payload, provider)
     if problem is not None:
         raise InvalidRequest(f"{where}: {problem}")
-    if has_nul(message.payload):
-        raise InvalidRequest(
-            f"{where}: payload contains a NUL character (\\u0000), which the ledger cannot store; remove it"
-        )
     return message
 
 
 def payload_problem(payload: Any, provider: ProviderSettings) -> str | None:
     """Why a payload cannot be sent and kept, or ``None``: it must be JSON (string keys, finite numbers,
-    Unicode text, at most ``MAX_PAYLOAD_DEPTH`` deep) of at most the provider's ``max_payload_bytes`` as
-    compact JSON in UTF-8. The encoder measures first, so an oversized payload is never walked."""
+    Unicode text without NUL, at most ``MAX_PAYLOAD_DEPTH`` deep) of at most the provider's
+    ``max_payload_bytes`` as compact JSON in UTF-8. The encoder measures first, so an oversized payload
+    is never walked; one walk finds everything else."""
     try:
         text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         size: int | None = len(text.encode())
@@ -167,6 +165,8 @@ def _json_problem(value: Any, path: str, depth: int) -> str | None:
     if isinstance(value, str):
         if _SURROGATE.search(value):
             return f"{path}: contains a lone surrogate (\\ud800 to \\udfff), which is not Unicode text"
+        if "\x00" in value:
+            return f"{path}: contains a NUL character (\\u0000), which the ledger cannot store; remove it"
         return None
     if value is None or isinstance(value, bool):
         return None
@@ -214,7 +214,7 @@ def parse_request(delivery: Delivery, adapter: Adapter) -> tuple[Request, tuple[
     items (``None`` for a single operation); ``InvalidRequest`` names every problem. Workers and
     ``integrations.client.enqueue`` check a message the same way."""
     where = f"{adapter.provider.name}.{delivery.operation}"
-    message = parse_message(delivery, where, adapter.provider)
+    message = parse_message(delivery, adapter.provider)
     payload = adapter.parse_payload(delivery.operation, message.payload)
     request = Request.of(delivery, adapter.provider.name, message, payload)
     if not isinstance(payload, BatchPayload):
@@ -224,13 +224,3 @@ def parse_request(delivery: Delivery, adapter: Adapter) -> tuple[Request, tuple[
         problems = "; ".join(item.problem for item in items[:5] if item.problem)
         raise InvalidRequest(f"{where}: no item is valid: {problems}")
     return request, tuple(items)
-
-
-def has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(has_nul(item) for item in value)
-    return False
