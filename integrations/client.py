@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -39,8 +39,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from integrations.adapters.base import Adapter
-from integrations.errors import ConfigError, ErrorType, IdempotencyConflict, UnknownOperation
-from integrations.ledger.models import OperationStatus
+from integrations.errors import ConfigError, IdempotencyConflict, UnknownOperation
 from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.store import Ledger
 from integrations.message import Delivery, parse_request
@@ -70,6 +69,8 @@ class Client:
     adapter_classes: Mapping[str, type[Adapter]]
     ledger: Ledger
     publish: Callable[[OperationRecord], str]
+    # One per provider, only to validate payloads: making one reads the environment's proxy settings.
+    _adapters: dict[str, Adapter] = field(default_factory=dict, init=False, repr=False)
 
     def enqueue(
         self,
@@ -108,14 +109,15 @@ class Client:
             raise UnknownOperation(
                 f"{provider}: adapter {adapter_class.name!r} has no operation {operation!r} (it has: {known})"
             )
-        # Only to validate the payload: no call is made, so no session or credentials are needed.
-        return adapter_class(settings, session=None, credentials=None)  # type: ignore[arg-type]
+        if provider not in self._adapters:
+            # No call is made with it, so it needs no session or credentials.
+            self._adapters[provider] = adapter_class(settings, session=None, credentials=None)  # type: ignore[arg-type]
+        return self._adapters[provider]
 
     def _again(self, record: OperationRecord, new: NewOperation) -> Handle:
         """The key is in the ledger already: the same request is that operation; another is a conflict,
         except over an invalid request's row, which a valid request takes over (as a worker would)."""
-        error_type = (record.error or {}).get("type")
-        if record.status is OperationStatus.FAILED and error_type == ErrorType.INVALID_REQUEST:
+        if record.invalid_request:
             message = replace(
                 record,
                 operation=new.operation,

@@ -109,11 +109,9 @@ def deadline(seconds: float | None) -> Iterator[None]:
 class GuardChain:
     """The guards of one provider, asked in order before a call and shown its result after it.
 
-    Each call is cut at the provider's ``attempt_deadline``; ``interrupts``: other exceptions by which the
-    host stops an attempt that runs too long. Such an attempt counts as timed out and is retried."""
+    Each call is cut at the provider's ``attempt_deadline``: it then counts as timed out and is retried."""
 
     guards: Sequence[Guard] = ()
-    interrupts: tuple[type[Exception], ...] = ()
     sleep: Callable[[float], None] = time.sleep
 
     def admit(self, attempt: Attempt) -> Defer | None:
@@ -143,13 +141,12 @@ class GuardChain:
         started = time.monotonic()
         error: OperationError | None = None
         reply: Answer | None = None
-        cut: tuple[type[Exception], ...] = (AttemptTimedOut, *self.interrupts)
         try:
             with deadline(attempt.provider.attempt_deadline):
                 reply = call()
         except OperationError as exc:
             error = exc
-        except cut as exc:
+        except AttemptTimedOut as exc:
             error = TransientError(
                 f"{where}: the attempt ran past its time limit ({type(exc).__name__})",
                 error_type=ErrorType.TIMEOUT,

@@ -59,9 +59,6 @@ class OperationRunner:
     ledger: Ledger
     clock: Clock = utcnow
     guards: Sequence[Guard] = ()
-    # Exceptions by which the host interrupts an attempt that runs too long (Celery's soft time limit):
-    # such an attempt counts as timed out and is retried.
-    interrupts: tuple[type[Exception], ...] = ()
     sleep: Callable[[float], None] = time.sleep
     policy: RetryPolicy = field(init=False)
     chain: GuardChain = field(init=False)
@@ -70,7 +67,7 @@ class OperationRunner:
     def __post_init__(self) -> None:
         # The one way to set derived fields of a frozen dataclass.
         object.__setattr__(self, "policy", RetryPolicy.of(self.provider.retry))
-        object.__setattr__(self, "chain", GuardChain(self.guards, self.interrupts, self.sleep))
+        object.__setattr__(self, "chain", GuardChain(self.guards, self.sleep))
         object.__setattr__(self, "recorder", Recorder(self.ledger, self.clock, self.sleep))
 
     def run(self, delivery: Delivery) -> Outcome:

@@ -10,7 +10,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from integrations import batch
-from integrations.errors import ErrorType
 from integrations.ledger.records import OperationRecord
 from integrations.ledger.store import Ledger
 
@@ -60,7 +59,7 @@ def reset_for_replay(
         )
     if served is not None:
         served.refuse_unserved(record)
-    if record.error and record.error.get("type") == ErrorType.INVALID_REQUEST:
+    if record.invalid_request:
         raise ValueError(
             f"operation {operation_id} was an invalid request; the same message would fail again: "
             "fix the payload and send it again"

@@ -39,7 +39,6 @@ class Runtime:
     retention: timedelta = timedelta(days=7)
     dead_letter_retention: timedelta = timedelta(days=30)
     sweep_grace: timedelta = timedelta(seconds=30)
-    interrupts: tuple[type[Exception], ...] = ()
     pid: int = field(default_factory=os.getpid)
     _session: requests.Session | None = None
     _ledger: Ledger | None = None
@@ -85,9 +84,7 @@ class Runtime:
             except KeyError:
                 raise ConfigError(f"provider {provider!r} is not in the providers file") from None
             adapter = self.adapter_classes[provider](settings, self.session, self.credentials(settings))
-            runner = self._runners[provider] = build_runner(
-                settings, adapter, self.ledger, self.redis, interrupts=self.interrupts
-            )
+            runner = self._runners[provider] = build_runner(settings, adapter, self.ledger, self.redis)
         return runner
 
     def close(self) -> None:
@@ -121,7 +118,6 @@ def build_runner(
     *,
     clock: Clock = utcnow,
     clock_ms: Callable[[], int] | None = None,
-    interrupts: tuple[type[Exception], ...] = (),
 ) -> OperationRunner:
     """The runner of one provider with its shared breaker and throttle on ``client``: what a worker runs,
     and what the tests build (with a clock they move by hand)."""
@@ -131,5 +127,4 @@ def build_runner(
         ledger,
         clock=clock,
         guards=guards(provider, client, clock_ms=clock_ms),
-        interrupts=interrupts,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from integrations.errors import ErrorInfo
+from integrations.errors import ErrorInfo, ErrorType
 from integrations.ledger.models import OperationStatus
 
 
@@ -82,6 +82,15 @@ class OperationRecord:
     items: Items | None = None
     task_id: str | None = None
     swept_at: datetime | None = None
+
+    @property
+    def invalid_request(self) -> bool:
+        """The row of a message that broke the contract: it binds nothing, and a corrected message may
+        take its key over."""
+        return (
+            self.status is OperationStatus.FAILED
+            and (self.error or {}).get("type") == ErrorType.INVALID_REQUEST
+        )
 
     @property
     def where(self) -> str:

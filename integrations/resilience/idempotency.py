@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import OperationRecord
 from integrations.outcome import WaitReason
@@ -93,10 +92,7 @@ def decide(
 ) -> Decision:
     if record is None:
         return Start()
-    if (
-        record.status is OperationStatus.FAILED
-        and (record.error or {}).get("type") == ErrorType.INVALID_REQUEST
-    ):
+    if record.invalid_request:
         return Claim(
             record, takeover=True
         )  # an invalid message binds nothing: a corrected one may use the key
