@@ -28,6 +28,7 @@ from rich.table import Table
 
 from integrations.ledger import schema
 from integrations.ledger.store import Ledger
+from integrations.providers import queue_name, task_name
 from integrations.testing.provider import ProviderSimulator, RecordedRequest
 from integrations.testing.redis_server import redis_for
 from tasks.worker import running_worker
@@ -71,7 +72,7 @@ LABELS = {
     "dead": "provider down",
     "invalid": "invalid message",
 }
-QUEUES = [f"integrations.{name}" for name in PROVIDERS]
+QUEUES = [queue_name(name) for name in PROVIDERS]
 
 
 @dataclass
@@ -236,9 +237,7 @@ def send(app: Celery, messages: list[Message]) -> None:
     for message in messages:
         message.sent_at = time.monotonic()
         message.result = app.send_task(
-            f"integrations.{message.provider}.request",
-            kwargs=message.kwargs,
-            queue=f"integrations.{message.provider}",
+            task_name(message.provider, "request"), kwargs=message.kwargs, queue=queue_name(message.provider)
         )
 
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,17 +33,10 @@ from integrations.testing.scenario import (
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedRequest:
+class RecordedRequest(Request):
     """One request as the simulator received it, with the status it answered (0 when it dropped it)."""
 
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-    json: Any
     status: int
-    received_at: float
 
 
 class ProviderSimulator(LocalHTTPServer):
@@ -146,14 +139,8 @@ class ProviderSimulator(LocalHTTPServer):
                 response = replace(response, headers=response.headers + limit_headers(admission.rate_limit))
             self._calls.append(
                 RecordedRequest(
-                    method=request.method,
-                    path=request.path,
-                    query=request.query,
-                    headers=request.headers,
-                    body=request.body,
-                    json=request.json,
+                    **{each.name: getattr(request, each.name) for each in fields(Request)},
                     status=0 if response.drop else response.status,
-                    received_at=request.received_at,
                 )
             )
         return response

@@ -17,7 +17,7 @@ from config.cli import main
 from integrations.cli import OperatorContext, build_cli
 from integrations.errors import ConfigError, ErrorInfo, ErrorType
 from integrations.ledger import schema
-from integrations.ledger.models import Operation, OperationStatus
+from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord, load_items
 from integrations.ledger.store import Ledger
 from tasks.registry import check_schema
@@ -47,6 +47,33 @@ def providers_file(folder: Path) -> Path:
         '[providers.mail]\nadapter = "sendgrid"\nbase_url = "https://b.example"\n'
     )
     return path
+
+
+class Sent(list[OperationRecord]):
+    """A publisher that keeps what it is given, as the broker would, and answers with a task id."""
+
+    def __init__(self, task_id: str | None = None) -> None:
+        super().__init__()
+        self.task_id = task_id
+
+    def __call__(self, record: OperationRecord) -> str:
+        self.append(record)
+        return self.task_id or str(record.task_id)
+
+
+def operate(ledger_url: str, providers: Path, sent: Sent, *args: str) -> Result:
+    """The operator commands as the wiring builds them, on this ledger and providers file, sending to
+    ``sent``."""
+    context = OperatorContext(
+        database_url=ledger_url,
+        redis_url="redis://127.0.0.1:1/0",
+        providers_file=providers,
+        retention=timedelta(days=7),
+        dead_letter_retention=timedelta(days=30),
+        publish=sent,
+        resend=sent,
+    )
+    return CliRunner().invoke(build_cli(lambda: context), list(args))
 
 
 def test_db_upgrade_creates_the_schema_a_worker_checks_for(
@@ -200,21 +227,8 @@ def test_dlq_replay_refuses_an_operation_no_worker_serves_and_leaves_its_row(
     letter = ledger.finish(record, status, error=error)
     assert letter is not None
     providers = providers_file(tmp_path)
-    sent: list[OperationRecord] = []
-
-    def publish(queued: OperationRecord) -> str:
-        sent.append(queued)
-        return "task-1"
-
-    context = OperatorContext(
-        database_url=ledger_url,
-        redis_url="redis://127.0.0.1:1/0",
-        providers_file=providers,
-        retention=timedelta(days=7),
-        dead_letter_retention=timedelta(days=30),
-        publish=publish,
-    )
-    result = CliRunner().invoke(build_cli(lambda: context), ["dlq", "replay", record.id])
+    sent = Sent("task-1")
+    result = operate(ledger_url, providers, sent, "dlq", "replay", record.id)
     assert result.exit_code == 1 and sent == []
     assert f"operation {record.id} ({provider}.{operation}) was not replayed" in result.output
     assert said.format(file=providers) in result.output
@@ -289,21 +303,8 @@ def test_dlq_replay_sends_through_the_publisher_it_is_given(
     record = started(ledger, "dead-3")
     error = ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up")
     assert ledger.finish(record, OperationStatus.DEAD, error=error) is not None
-    sent: list[OperationRecord] = []
-
-    def publish(queued: OperationRecord) -> str:
-        sent.append(queued)
-        return "task-3"
-
-    context = OperatorContext(
-        database_url=ledger_url,
-        redis_url="redis://127.0.0.1:1/0",
-        providers_file=providers_file(tmp_path),
-        retention=timedelta(days=7),
-        dead_letter_retention=timedelta(days=30),
-        publish=publish,
-    )
-    result = CliRunner().invoke(build_cli(lambda: context), ["dlq", "replay", record.id])
+    sent = Sent("task-3")
+    result = operate(ledger_url, providers_file(tmp_path), sent, "dlq", "replay", record.id)
     assert result.exit_code == 0, result.output
     assert f"operation_id={record.id} as task task-3" in result.output
     [queued] = sent
@@ -366,35 +367,19 @@ def test_breaker_commands_say_when_redis_is_unreachable(
 
 
 def test_ops_sweep_sends_again_what_had_no_delivery_and_says_so(ledger_url: str, tmp_path: Path) -> None:
-    an_hour_ago = Ledger.connect(ledger_url, clock=Clock(datetime.now(UTC) - timedelta(hours=1)))
-    lost = NewOperation(
-        "acme", "request", "lost-1", "fp", {"method": "POST", "path": "/x"}, None, "task-lost"
+    an_hour_ago, now = (
+        Ledger.connect(ledger_url, clock=Clock(datetime.now(UTC) - timedelta(hours=h))) for h in (1, 0)
     )
-    record, _created = an_hour_ago.enqueue(lost)  # its message never reached a worker
-    an_hour_ago.enqueue(NewOperation("acme", "request", "fresh-1", "fp", {}, None, "task-fresh"))  # not due
+    payload = {"method": "POST", "path": "/x"}
+    record, _ = an_hour_ago.enqueue(
+        NewOperation("acme", "request", "lost-1", "fp", payload, None, "task-lost")
+    )
+    now.enqueue(NewOperation("acme", "request", "fresh-1", "fp", payload, None, "task-fresh"))  # not due yet
     an_hour_ago.engine.dispose()
-    with Ledger.connect(ledger_url).engine.begin() as connection:  # fresh-1 was written just now
-        connection.execute(
-            Operation.__table__.update()
-            .where(Operation.__table__.c.idempotency_key == "fresh-1")
-            .values(updated_at=datetime.now(UTC))
-        )
-    resent: list[OperationRecord] = []
+    now.engine.dispose()
+    resent = Sent()
 
-    def resend(swept: OperationRecord) -> str:
-        resent.append(swept)
-        return str(swept.task_id)
-
-    context = OperatorContext(
-        database_url=ledger_url,
-        redis_url="redis://127.0.0.1:1/0",
-        providers_file=providers_file(tmp_path),
-        retention=timedelta(days=7),
-        dead_letter_retention=timedelta(days=30),
-        publish=resend,
-        resend=resend,
-    )
-    result = CliRunner().invoke(build_cli(lambda: context), ["ops", "sweep"])
+    result = operate(ledger_url, providers_file(tmp_path), resent, "ops", "sweep")
 
     assert result.exit_code == 0, result.output
     assert (
@@ -403,5 +388,5 @@ def test_ops_sweep_sends_again_what_had_no_delivery_and_says_so(ledger_url: str,
     )
     assert result.output.strip().endswith("1 operation(s) sent again")
     assert [swept.idempotency_key for swept in resent] == ["lost-1"]
-    again = CliRunner().invoke(build_cli(lambda: context), ["ops", "sweep"])
+    again = operate(ledger_url, providers_file(tmp_path), resent, "ops", "sweep")
     assert again.output.strip() == "0 operation(s) sent again"  # marked: not again before the grace
