@@ -32,6 +32,14 @@ def with_redis_db(url: str, db: int) -> str:
     return make_url(url).set(database=str(db)).render_as_string(hide_password=False)
 
 
+def pytest_report_header() -> str:
+    """What the run talks to, said once instead of once per skipped test."""
+    postgres = os.environ.get("TEST_POSTGRES_URL")
+    if postgres:
+        return f"PostgreSQL: {make_url(postgres).render_as_string(hide_password=True)} (TEST_POSTGRES_URL)"
+    return "PostgreSQL: TEST_POSTGRES_URL is not set, so the PostgreSQL variants of the tests skip"
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     with redis_for(os.environ.get("REDIS_URL")) as (url, _private):
