@@ -44,9 +44,10 @@ from integrations.ledger import schema
 from integrations.ledger.models import ENDED_BADLY, Operation, OperationStatus
 from integrations.ledger.records import OperationRecord
 from integrations.ledger.store import Ledger
-from integrations.providers import load_providers, queue_name, task_name
+from integrations.providers import load_providers, queue_name
 from integrations.testing.provider import ProviderSimulator
 from integrations.testing.redis_server import RedisServer
+from tasks.enqueue import send
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=200)
@@ -229,11 +230,7 @@ def environment(seed: int, keep: Path | None = None) -> Iterator[Setup]:
         stack.callback(app.close)
 
         def publish(record: OperationRecord) -> str:
-            kwargs = {"payload": record.payload, "idempotency_key": record.idempotency_key}
-            if record.request_id is not None:
-                kwargs["request_id"] = record.request_id
-            queue, name = queue_name(record.provider), task_name(record.provider, record.operation)
-            return str(app.send_task(name, kwargs=kwargs, queue=queue, task_id=record.task_id).id)
+            return send(app, record, record.task_id)
 
         configured = load_providers(providers)
         ledger = Ledger.connect(postgres.url)

@@ -1,16 +1,17 @@
-"""Sending an operation's message from our own side: ``integrations dlq replay`` and the sweeper."""
+"""Sending an operation's message from our own side: ``integrations dlq replay``, the sweeper and
+``integrations.client.enqueue``."""
 
 from __future__ import annotations
+
+from celery import Celery
 
 from integrations.ledger.records import OperationRecord
 from integrations.providers import queue_name, task_name
 
 
-def enqueue(record: OperationRecord, task_id: str | None = None) -> str:
-    """Send ``record``'s operation again, with its key, payload and request id, as a new task (or as
-    ``task_id``); returns the task id."""
-    from config.celery_app import app  # the app loads the providers file: only when a message is sent
-
+def send(app: Celery, record: OperationRecord, task_id: str | None = None) -> str:
+    """Send ``record``'s operation through ``app`` with its key, payload and request id, as a new task (or
+    as ``task_id``); returns the task id."""
     kwargs = {
         "payload": record.payload,
         "idempotency_key": record.idempotency_key,
@@ -25,7 +26,16 @@ def enqueue(record: OperationRecord, task_id: str | None = None) -> str:
     return str(result.id)
 
 
+def enqueue(record: OperationRecord) -> str:
+    """Send ``record``'s operation again as a new task, through this deployment's app."""
+    from config.celery_app import app  # the app loads the providers file: only when a message is sent
+
+    return send(app, record)
+
+
 def resend(record: OperationRecord) -> str:
     """Send ``record``'s message again under the task id it first came with, so that its caller's
     ``AsyncResult`` gets the outcome (a new one if the row has none)."""
-    return enqueue(record, record.task_id)
+    from config.celery_app import app
+
+    return send(app, record, record.task_id)

@@ -19,10 +19,11 @@ from integrations.ledger import schema
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import OperationRecord
 from integrations.ledger.store import Ledger
-from integrations.providers import load_providers, queue_name, task_name
+from integrations.providers import load_providers
 from integrations.sweeper import Sweeper
 from integrations.testing.provider import ProviderSimulator
 from integrations.testing.redis_server import RedisServer
+from tasks.enqueue import send
 from tasks.worker import running_worker
 from tests.e2e.conftest import CANARY, providers_toml, unique
 from tests.fakes.hubspot import FakeHubSpot
@@ -60,9 +61,7 @@ def test_after_redis_comes_back_empty_every_enqueued_operation_ends_once(
     )
 
     def publish(record: OperationRecord) -> str:
-        kwargs = {"payload": record.payload, "idempotency_key": record.idempotency_key}
-        queue, name = queue_name(record.provider), task_name(record.provider, record.operation)
-        return str(app.send_task(name, kwargs=kwargs, queue=queue, task_id=record.task_id).id)
+        return send(app, record, record.task_id)
 
     configured = load_providers(providers)
     ledger = Ledger.connect(database)

@@ -22,6 +22,7 @@ from integrations.ledger.records import NewOperation, OperationRecord, load_item
 from integrations.ledger.store import Ledger
 from tasks.registry import check_schema
 from tests.clock import Clock
+from tests.published import Published
 
 
 def invoke(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> Result:
@@ -49,19 +50,7 @@ def providers_file(folder: Path) -> Path:
     return path
 
 
-class Sent(list[OperationRecord]):
-    """A publisher that keeps what it is given, as the broker would, and answers with a task id."""
-
-    def __init__(self, task_id: str | None = None) -> None:
-        super().__init__()
-        self.task_id = task_id
-
-    def __call__(self, record: OperationRecord) -> str:
-        self.append(record)
-        return self.task_id or str(record.task_id)
-
-
-def operate(ledger_url: str, providers: Path, sent: Sent, *args: str) -> Result:
+def operate(ledger_url: str, providers: Path, sent: Published, *args: str) -> Result:
     """The operator commands as the wiring builds them, on this ledger and providers file, sending to
     ``sent``."""
     context = OperatorContext(
@@ -227,7 +216,7 @@ def test_dlq_replay_refuses_an_operation_no_worker_serves_and_leaves_its_row(
     letter = ledger.finish(record, status, error=error)
     assert letter is not None
     providers = providers_file(tmp_path)
-    sent = Sent("task-1")
+    sent = Published("task-1")
     result = operate(ledger_url, providers, sent, "dlq", "replay", record.id)
     assert result.exit_code == 1 and sent == []
     assert f"operation {record.id} ({provider}.{operation}) was not replayed" in result.output
@@ -303,7 +292,7 @@ def test_dlq_replay_sends_through_the_publisher_it_is_given(
     record = started(ledger, "dead-3")
     error = ErrorInfo(type=ErrorType.RETRIES_EXHAUSTED, message="gave up")
     assert ledger.finish(record, OperationStatus.DEAD, error=error) is not None
-    sent = Sent("task-3")
+    sent = Published("task-3")
     result = operate(ledger_url, providers_file(tmp_path), sent, "dlq", "replay", record.id)
     assert result.exit_code == 0, result.output
     assert f"operation_id={record.id} as task task-3" in result.output
@@ -377,7 +366,7 @@ def test_ops_sweep_sends_again_what_had_no_delivery_and_says_so(ledger_url: str,
     now.enqueue(NewOperation("acme", "request", "fresh-1", "fp", payload, None, "task-fresh"))  # not due yet
     an_hour_ago.engine.dispose()
     now.engine.dispose()
-    resent = Sent()
+    resent = Published()
 
     result = operate(ledger_url, providers_file(tmp_path), resent, "ops", "sweep")
 

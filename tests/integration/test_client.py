@@ -17,21 +17,15 @@ from integrations.adapters.http import HttpAdapter
 from integrations.client import Client, Handle
 from integrations.errors import IdempotencyConflict, InvalidRequest, UnknownOperation
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.records import OperationRecord
 from integrations.ledger.store import Ledger
 from integrations.message import Delivery
 from integrations.pipeline import OperationRunner
 from integrations.sweeper import Sweeper
 from tests.clock import Clock
 from tests.providers import provider_settings
+from tests.published import Published
 
 PAYLOAD = {"method": "POST", "path": "/v1/payments", "json": {"amount": 1200}}
-
-
-class Published(list[OperationRecord]):
-    def __call__(self, record: OperationRecord) -> str:
-        self.append(record)
-        return str(record.task_id)
 
 
 @pytest.fixture

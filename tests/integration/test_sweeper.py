@@ -14,6 +14,7 @@ from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.store import Ledger
 from integrations.sweeper import Sweeper
 from tests.clock import Clock
+from tests.published import Published
 
 GRACE = timedelta(seconds=30)
 LEASE = timedelta(seconds=35)
@@ -29,20 +30,6 @@ def timed(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
     ledger = Ledger.connect(ledger_url, clock=clock)
     yield ledger
     ledger.engine.dispose()
-
-
-class Published:
-    """What the sweeper sent: the broker, as far as these tests need one."""
-
-    def __init__(self) -> None:
-        self.records: list[OperationRecord] = []
-
-    def __call__(self, record: OperationRecord) -> str:
-        self.records.append(record)
-        return record.task_id or "new-task"
-
-    def keys(self) -> list[str | None]:
-        return [record.idempotency_key for record in self.records]
 
 
 @pytest.fixture
