@@ -34,6 +34,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        # A result that cannot be stored because Redis is gone is stored when it answers again (retried
+        # with a backoff of at most a second), rather than given up: a succeeded operation whose result
+        # store failed would otherwise read PENDING, or FAILURE, to its caller. The hard time limit still
+        # bounds the wait; the message then comes back and its next delivery reports the ledger's outcome.
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": 1000,
         "broker_connection_retry_on_startup": True,
         # On a lost broker connection, stop running tasks: with late acks their messages come back,
         # and the ledger's lease keeps the provider from being called twice at once.
