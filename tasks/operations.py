@@ -43,29 +43,11 @@ def runtime() -> Runtime:
 
 
 class OperationRequest(Request):  # type: ignore[misc]
-    """A delivery as the worker's main process tracks it. An operation's outcome is the ledger's, so two
-    ends that Celery records as FAILURE are not: a task killed by its hard time limit (only a process hung
-    beyond the attempt's own deadline meets it), and a task whose result could not be stored because the
-    result backend was unreachable (Celery would then store FAILURE from here once Redis answers, for an
-    operation that may have succeeded). The message goes back to the queue instead, and its next delivery
-    finds the operation in the ledger (ended, or with a lease that runs out) and reports that."""
-
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
-        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # billiard's ExceptionWithTraceback
-        unreachable = (OSError, *getattr(self.task.backend, "connection_errors", ()))
-        if return_ok or not isinstance(exc, unreachable):
-            super().on_failure(exc_info, send_failed_event, return_ok)
-            return
-        # return_ok is False: the error was raised outside the task's body, here while storing its result.
-        task_ready(self)
-        log.error(
-            "the result of %s[%s] could not be stored (%s); the message goes back to its queue and the "
-            "ledger's outcome is reported at its next delivery",
-            self.name,
-            self.id,
-            type(exc).__name__,
-        )
-        self.reject(requeue=True)
+    """A delivery as the worker's main process tracks it. An operation task killed by its hard time limit
+    (only a process hung beyond the attempt's own deadline meets it, or one still waiting for Redis to store
+    its result: ``result_backend_always_retry``) is not recorded as failed: its outcome is the ledger's, and
+    its message goes back to the queue, whose next delivery finds the operation in the ledger (ended, or
+    with a lease that runs out) and reports that."""
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if soft:
