@@ -24,8 +24,8 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 def _reference(value: str) -> str:
     if not _REFERENCE.match(value):
         raise ValueError(
-            "must reference the secret, not contain it: 'env:NAME' (an environment variable of the worker) "
-            "or 'file:/absolute/path'"
+            "must reference the secret, not contain it: write 'env:NAME' (an environment variable of the "
+            "worker) or 'file:/absolute/path' instead"
         )
     return value
 
@@ -153,12 +153,21 @@ def static_credentials(provider: str, auth: BearerAuth | HeaderAuth | None) -> C
     return Credentials({auth.header: secret})
 
 
-def check_secrets(provider: str, auth: BearerAuth | HeaderAuth | OAuth2 | None) -> None:
-    """Every secret ``auth`` references can be had (a worker checks this before it starts)."""
+def check_secrets(
+    provider: str, auth: BearerAuth | HeaderAuth | OAuth2 | None, *, source: str | None = None
+) -> None:
+    """Every secret ``auth`` references can be had (a worker checks this before it starts); else a
+    ``ConfigError`` naming each that cannot, with the providers file ``source``."""
     if auth is None:
         return
-    where = f"[providers.{provider}.auth]"
+    where = f"[providers.{provider}.auth]" if source is None else f"{source}: [providers.{provider}.auth]"
+    problems = []
     for key in ("secret", "client_secret", "refresh_token"):
         reference = getattr(auth, key, None)
         if reference is not None:
-            resolve_secret(reference, f"{where} key '{key}'")
+            try:
+                resolve_secret(reference, f"{where} key '{key}'")
+            except ConfigError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))

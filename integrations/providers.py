@@ -123,6 +123,11 @@ class ProviderSettings(_Section):
     name: str
     adapter: str
     base_url: str
+    # What the integration is for and whom to call about it, as the status catalog shows them.
+    description: str | None = None
+    owner: str | None = None
+    # The price of one provider call in the provider's currency unit; None: unknown.
+    cost_per_call: float | None = None
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     rate_limit: Rate | None = None
     burst: Annotated[int, Field(ge=1)] | None = None
@@ -156,6 +161,35 @@ class ProviderSettings(_Section):
         return value.rstrip("/")
 
     _rate = field_validator("rate_limit", mode="before")(_parse_rate)
+
+    @field_validator("description", "owner", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        if value is None:  # as the default is; a TOML file cannot write it
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be text, in quotes")
+        if not value.strip():
+            raise ValueError("must not be empty; leave the key out instead")
+        return value.strip()
+
+    @field_validator("cost_per_call", mode="before")
+    @classmethod
+    def _cost(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        # A number as TOML writes it: pydantic would take "0.01" and true as numbers too.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a number such as 0.002 (the price of one call), not text or a boolean")
+        try:
+            cost = float(value) + 0.0  # -0.0 is 0
+        except OverflowError:  # an integer too long for a float
+            cost = math.inf
+        if not 0 <= cost < math.inf:
+            raise ValueError(
+                "must be 0 or more, and finite: the price of one call in the provider's currency"
+            )
+        return cost
 
     @property
     def queue(self) -> str:
@@ -243,15 +277,32 @@ def _header(name: str) -> str:
     return f"[providers.{name if name.isprintable() and name else json.dumps(name)}]"
 
 
+# Keys whose table is one of several kinds, told apart by its ``type``: pydantic names the kind in an
+# error's location (``auth.bearer.secret``), where the file has no such key.
+_KINDS = frozenset({"auth"})
+
+
 def _describe(where: str, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        # An empty key ("" = 1) is a key too; only an error of the whole table has no location.
-        key = ".".join(str(part) for part in error["loc"]) if error["loc"] else "(table)"
+        location = error["loc"]
+        if len(location) > 1 and location[0] in _KINDS:
+            location = (location[0], *location[2:])
         message = error["msg"].removeprefix("Value error, ")
+        ctx = error.get("ctx") or {}
         if error["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against config/providers.toml)"
         elif error["type"] == "missing":
             message = "required key is missing"
+        elif error["type"] in ("model_type", "model_attributes_type"):
+            message = "must be a table (a section of its own, or an inline table { ... })"
+        elif error["type"] == "union_tag_not_found":
+            location = (*location, str(ctx.get("discriminator", "type")).strip("'"))
+            message = "required key is missing"
+        elif error["type"] == "union_tag_invalid":
+            location = (*location, str(ctx.get("discriminator", "type")).strip("'"))
+            message = f"unknown value {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
+        # An empty key ("" = 1) is a key too; only an error of the whole table has no location.
+        key = ".".join(str(part) for part in location) if location else "(table)"
         problems.append(f"{where} key {key!r}: {message}")
     return "\n".join(problems)

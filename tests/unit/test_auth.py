@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from integrations.adapters.http import HttpAdapter
-from integrations.auth import resolve_secret
+from integrations.auth import check_secrets, resolve_secret
 from integrations.auth import static_credentials as credentials
 from integrations.errors import ConfigError
 from integrations.providers import ProviderSettings, parse_providers
@@ -52,10 +52,33 @@ def test_a_secret_that_cannot_be_had_is_named(reference: str, expected: str) -> 
     assert expected in str(caught.value)
 
 
+def test_a_worker_s_check_names_every_secret_it_cannot_have_with_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CRM_CLIENT_SECRET", raising=False)
+    crm = provider_with(
+        {
+            "type": "oauth2_refresh_token",
+            "token_url": "https://crm.example/token",
+            "client_id": "c",
+            "client_secret": "env:CRM_CLIENT_SECRET",
+            "refresh_token": "file:/nonexistent/crm.token",
+        }
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_secrets("crm", crm.auth, source="/etc/integrations/providers.toml")
+    assert str(caught.value).splitlines() == [
+        "/etc/integrations/providers.toml: [providers.crm.auth] key 'client_secret': environment variable "
+        "CRM_CLIENT_SECRET is not set on this worker; set it, or change the reference",
+        "/etc/integrations/providers.toml: [providers.crm.auth] key 'refresh_token': cannot read the secret "
+        "file /nonexistent/crm.token: No such file or directory",
+    ]
+
+
 @pytest.mark.parametrize(
     ("auth", "expected"),
     [
-        ({"type": "bearer", "secret": "sk_live_abc"}, "must reference the secret, not contain it"),
+        ({"type": "bearer", "secret": "sk_live_abc"}, "key 'auth.secret': must reference the secret, not"),
         ({"type": "header", "secret": "env:KEY"}, "header"),
         ({"type": "header", "header": "Bad Header", "secret": "env:KEY"}, "not an HTTP header name"),
         ({"type": "basic", "secret": "env:KEY"}, "type"),

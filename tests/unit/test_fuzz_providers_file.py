@@ -86,6 +86,9 @@ KEYS: dict[str, tuple[list[Any], list[Any]]] = {
     "headroom": ([0, 0.03, 0.49], [0.5, -0.1, math.nan]),
     "when_redis_down": (["defer", "call"], ["crash", "DEFER"]),
     "max_payload_bytes": ([1, 1024, 1_048_576], [0, -5, 2**63 - 1, 1.5, "1MB"]),
+    "description": (["Payments: charges and refunds", "x" * 300, "a\nb"], ["", " ", 1, True]),
+    "owner": (["payments-team"], ["", 1]),
+    "cost_per_call": ([0, 0.0, 0.002, 12, 2**63 - 1], [-0.01, math.inf, math.nan, "0.01", True]),
     "retry": (
         [{}, {"max_attempts": 1}, {"max_attempts": 1000, "backoff_base": 0.1, "backoff_max": 900.0}],
         [{"max_attempts": 0}, {"backoff_base": 500.0}, {"backoff_max": 901}, {"name": "x"}, {"": 1}],
@@ -202,6 +205,8 @@ def check(document: Any, source: str, load: Callable[[], dict[str, ProviderSetti
         if provider.rate_limit is not None:
             assert math.isfinite(provider.rate_limit.per_second) and provider.rate_limit.per_second > 0
             assert provider.capacity is not None and provider.capacity >= 1
+        if provider.cost_per_call is not None:
+            assert math.isfinite(provider.cost_per_call) and provider.cost_per_call >= 0
         if provider.per_key is not None:
             assert math.isfinite(provider.per_key.rate_limit.per_second)
             assert provider.per_key.capacity >= 1

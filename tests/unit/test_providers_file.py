@@ -114,6 +114,20 @@ def test_empty_file_has_no_providers(tmp_path: Path) -> None:
         ("[providers.acme.breaker]\nfail_max = 0", "breaker.fail_max", "greater than or equal to 1"),
         ("max_payload_bytes = 0", "max_payload_bytes", "greater than or equal to 1"),
         ('max_payload_bytes = "1MB"', "max_payload_bytes", "valid integer"),
+        ("cost_per_call = -0.01", "cost_per_call", "must be 0 or more, and finite"),
+        ("cost_per_call = inf", "cost_per_call", "must be 0 or more, and finite"),
+        ("cost_per_call = nan", "cost_per_call", "must be 0 or more, and finite"),
+        ('cost_per_call = "0.01"', "cost_per_call", "must be a number"),
+        ("cost_per_call = true", "cost_per_call", "must be a number"),
+        ("description = 42", "description", "must be text"),
+        ('owner = ["payments"]', "owner", "must be text"),
+        ('owner = " "', "owner", "must not be empty"),
+        # The key in the file, not the union member pydantic validated it with.
+        ('[providers.acme.auth]\ntype = "bearer"\nsecret = "sk_live_x"', "auth.secret", "not contain it"),
+        ('[providers.acme.auth]\ntype = "basic"\nsecret = "env:KEY"', "auth.type", "unknown value 'basic'"),
+        ('[providers.acme.auth]\nsecret = "env:KEY"', "auth.type", "required key is missing"),
+        ('[providers.acme.auth]\ntype = "header"\nsecret = "env:KEY"', "auth.header", "required key"),
+        ('auth = "env:KEY"', "auth", "must be a table"),
         # A number too long for a float would be an infinite rate.
         (f'rate_limit = "{"9" * 400}/s"', "rate_limit", "is not of the form N/s"),
         # A rate is text: a table would set amount and period past the checks (a period of 0 divides by 0).
@@ -216,6 +230,36 @@ def test_arrays_nested_too_deeply_are_refused_as_toml(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"not valid TOML: arrays or inline tables nested too deeply"):
         load_providers(path)
+
+
+def test_description_owner_and_cost_per_call_are_optional(tmp_path: Path) -> None:
+    plain = load_providers(write(tmp_path, MINIMAL))["acme"]
+    assert (plain.description, plain.owner, plain.cost_per_call) == (None, None, None)  # None: unknown
+
+    text = (
+        MINIMAL
+        + 'description = " Payments: charges and refunds "\nowner = "payments-team"\ncost_per_call = 2\n'
+    )
+    acme = load_providers(write(tmp_path, text))["acme"]
+    assert (acme.description, acme.owner) == ("Payments: charges and refunds", "payments-team")
+    assert acme.cost_per_call == 2.0 and isinstance(acme.cost_per_call, float)
+    free = load_providers(write(tmp_path, MINIMAL + "cost_per_call = 0.0\n"))["acme"]
+    assert free.cost_per_call == 0.0
+
+
+def test_the_readme_example_of_a_providers_file_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The providers file", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+    acme = load_providers(write(tmp_path, example))["acme"]
+
+    assert acme.auth is not None and acme.per_key is not None
+    assert (acme.description, acme.owner, acme.cost_per_call) == (
+        "Payments: charges and refunds",
+        "payments-team",
+        0.002,
+    )
 
 
 def test_max_payload_bytes_defaults_to_one_mebibyte(tmp_path: Path) -> None:
