@@ -35,6 +35,7 @@ from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.rows import storable
 from integrations.ledger.store import Clock, Ledger, utcnow
 from integrations.message import MAX_INVALID_MESSAGE, Delivery, Request, parse_request, payload_problem
+from integrations.metrics import Metrics
 from integrations.outcome import Defer, Done, Failed, Outcome, WaitReason, poll_delay
 from integrations.providers import MAX_COUNTDOWN, ProviderSettings
 from integrations.resilience import idempotency
@@ -60,6 +61,7 @@ class OperationRunner:
     clock: Clock = utcnow
     guards: Sequence[Guard] = ()
     sleep: Callable[[float], None] = time.sleep
+    metrics: Metrics | None = None
     policy: RetryPolicy = field(init=False)
     chain: GuardChain = field(init=False)
     recorder: Recorder = field(init=False)
@@ -67,12 +69,20 @@ class OperationRunner:
     def __post_init__(self) -> None:
         # The one way to set derived fields of a frozen dataclass.
         object.__setattr__(self, "policy", RetryPolicy.of(self.provider.retry))
-        object.__setattr__(self, "chain", GuardChain(self.guards, self.sleep))
+        watchers = (self.metrics,) if self.metrics is not None else ()
+        object.__setattr__(self, "chain", GuardChain((*self.guards, *watchers), self.sleep))
         object.__setattr__(self, "recorder", Recorder(self.ledger, self.clock, self.sleep))
 
     def run(self, delivery: Delivery) -> Outcome:
-        """One delivery, whatever happens: the ledger out of reach puts the message back, and so does a
-        bug, a few times, before the operation ends failed with the fault named."""
+        """One delivery, whatever happens, counted by its outcome."""
+        outcome = self._run(delivery)
+        if self.metrics is not None:
+            self.metrics.delivered(self.provider, delivery.operation, outcome)
+        return outcome
+
+    def _run(self, delivery: Delivery) -> Outcome:
+        """The ledger out of reach puts the message back, and so does a bug, a few times, before the
+        operation ends failed with the fault named."""
         try:
             return self._deliver(delivery)
         except LedgerUnavailable as exc:

@@ -21,6 +21,7 @@ from integrations.auth import Credentials, OAuth2ClientCredentials, OAuth2Refres
 from integrations.errors import ConfigError
 from integrations.guard import Guard
 from integrations.ledger.store import Clock, Ledger, utcnow
+from integrations.metrics import Metrics
 from integrations.oauth import SharedOAuth2Token
 from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings, load_providers
@@ -39,6 +40,7 @@ class Runtime:
     retention: timedelta = timedelta(days=7)
     dead_letter_retention: timedelta = timedelta(days=30)
     sweep_grace: timedelta = timedelta(seconds=30)
+    metrics: Metrics | None = None  # what the runners count, when the process keeps metrics
     pid: int = field(default_factory=os.getpid)
     _session: requests.Session | None = None
     _ledger: Ledger | None = None
@@ -84,7 +86,9 @@ class Runtime:
             except KeyError:
                 raise ConfigError(f"provider {provider!r} is not in the providers file") from None
             adapter = self.adapter_classes[provider](settings, self.session, self.credentials(settings))
-            runner = self._runners[provider] = build_runner(settings, adapter, self.ledger, self.redis)
+            runner = self._runners[provider] = build_runner(
+                settings, adapter, self.ledger, self.redis, metrics=self.metrics
+            )
         return runner
 
     def close(self) -> None:
@@ -118,6 +122,7 @@ def build_runner(
     *,
     clock: Clock = utcnow,
     clock_ms: Callable[[], int] | None = None,
+    metrics: Metrics | None = None,
 ) -> OperationRunner:
     """The runner of one provider with its shared breaker and throttle on ``client``: what a worker runs,
     and what the tests build (with a clock they move by hand)."""
@@ -127,4 +132,5 @@ def build_runner(
         ledger,
         clock=clock,
         guards=guards(provider, client, clock_ms=clock_ms),
+        metrics=metrics,
     )

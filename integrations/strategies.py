@@ -116,6 +116,7 @@ class Single:
             self.policy.max_attempts,
             verdict.seconds,
             info.message,
+            extra=self.recorder.context(claimed, "retry"),
         )
         return Retry(min(verdict.seconds, MAX_COUNTDOWN), info)
 
@@ -194,6 +195,7 @@ class Batch:
             chunk_attempts,
             self.policy.max_attempts,
             retried.message,
+            extra=self.recorder.context(claimed, "retry"),
         )
         return Retry(min(delay, MAX_COUNTDOWN), retried)
 
@@ -240,7 +242,11 @@ class Recorder:
         if finished is None:
             return self.taken_over(claimed)
         log.info(
-            "succeeded %s key=%s attempts=%d", finished.where, finished.idempotency_key, finished.attempts
+            "succeeded %s key=%s attempts=%d",
+            finished.where,
+            finished.idempotency_key,
+            finished.attempts,
+            extra=self.context(claimed, "succeeded"),
         )
         return Done(result(finished, replayed=False))
 
@@ -270,6 +276,7 @@ class Recorder:
             claimed.idempotency_key,
             claimed.id,
             verdict.error.message,
+            extra=self.context(claimed, verdict.status.value),
         )
         return Failed(verdict.status, verdict.error, claimed.id)
 
@@ -292,6 +299,7 @@ class Recorder:
             finished.idempotency_key,
             finished.attempts,
             batch.summary(items),
+            extra=self.context(record, status.value),
         )
         return Done(result(finished, replayed=False))
 
@@ -307,6 +315,7 @@ class Recorder:
             record.idempotency_key,
             record.id,
             error.message,
+            extra=self.context(record, OperationStatus.DEAD.value),
         )
         return Failed(OperationStatus.DEAD, error, record.id)
 
@@ -316,8 +325,26 @@ class Recorder:
             "%s key=%s: lease lost to another worker; will report its outcome",
             claimed.where,
             claimed.idempotency_key,
+            extra=self.context(claimed, WaitReason.TAKEN_OVER.value),
         )
         return Defer(poll_delay(0), WaitReason.TAKEN_OVER)
+
+    def context(self, record: OperationRecord, outcome: str) -> dict[str, Any]:
+        """The fields of an attempt's last log line, as ``extra``: a JSON log (``INTEGRATIONS_LOG_FORMAT``)
+        shows them as its own fields. ``duration_ms`` runs from the claim to now."""
+        started = record.started_at
+        duration = (self.clock() - started).total_seconds() * 1000 if started is not None else None
+        return {
+            "context": {
+                "provider": record.provider,
+                "operation": record.operation,
+                "idempotency_key": record.idempotency_key,
+                "request_id": record.request_id,
+                "attempt": record.attempts,
+                "outcome": outcome,
+                "duration_ms": None if duration is None else round(duration, 1),
+            }
+        }
 
 
 def log_contract_violation(record: OperationRecord, error: OperationError) -> None:

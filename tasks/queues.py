@@ -138,7 +138,7 @@ def inspect_broker(connection: Connection, names: QueueNames) -> BrokerQueues:
     With Redis every such queue is found; with another transport only the names in ``names``."""
     broker = connection.as_uri()  # without the password
     try:
-        connection.ensure_connection(max_retries=1)  # type: ignore[no-untyped-call]
+        connection.ensure_connection(max_retries=1)
         counts: dict[str, int | None]
         if connection.transport.driver_type == "redis":
             counts, complete = dict(_redis_counts(connection)), True
@@ -208,7 +208,7 @@ def _redis_counts(connection: Connection) -> dict[str, int]:
 def _declared_count(connection: Connection, queue: str) -> int | None:
     """A queue's depth from a passive declare (what AMQP offers); ``None`` when the broker has no such
     queue. A refused declare closes its channel, so each queue is asked on a channel of its own."""
-    channel = connection.channel()  # type: ignore[no-untyped-call]
+    channel = connection.channel()
     try:
         return int(channel.queue_declare(queue=queue, passive=True).message_count)
     except connection.channel_errors:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -15,8 +17,9 @@ from integrations.auth import check_secrets
 from integrations.errors import ConfigError
 from integrations.ledger import schema
 from integrations.ledger.engine import create_ledger_engine
-from integrations.redaction import install as install_redaction
+from integrations.metrics import Metrics, metrics_dir
 from integrations.runtime import Runtime
+from tasks import logs
 from tasks.maintenance import MAINTENANCE_QUEUE, MAINTENANCE_TASKS, register_maintenance
 from tasks.operations import configure_runtime, register_operation
 from tasks.queues import QueueNames, refuse_unserved
@@ -28,6 +31,8 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     """Register every operation task and route it to ``integrations.<provider>``; returns the runtime
     built from the providers file (a bad file raises ``ConfigError`` here, before a worker starts)."""
     loaded = Runtime.load(settings.providers_file, settings.database_url, settings.redis_url)
+    # Before any pool process counts: each writes its counts where `integrations metrics serve` reads them.
+    metrics_dir()
     configure_runtime(
         lambda: Runtime(
             loaded.providers,
@@ -37,6 +42,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             retention=settings.retention,
             dead_letter_retention=settings.dead_letter_retention,
             sweep_grace=settings.sweep_interval,
+            metrics=Metrics(),
         )
     )
     routes: dict[str, dict[str, str]] = {task: {"queue": MAINTENANCE_QUEUE} for task in MAINTENANCE_TASKS}
@@ -54,8 +60,10 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     # Connected once per process, however often tasks are registered (a test may build several apps):
     # the dispatch uid makes a second connect a no-op, and the handlers read what was registered last.
     worker_init.connect(_check_before_start, weak=False, dispatch_uid=f"{__name__}.check_before_start")
-    after_setup_logger.connect(_redact_logs, weak=False, dispatch_uid=f"{__name__}.redact_logs")
-    after_setup_task_logger.connect(_redact_logs, weak=False, dispatch_uid=f"{__name__}.redact_task_logs")
+    # Log lines: secrets masked, Celery's lines about operations without payloads or results, text or JSON.
+    logs.configure(settings.log_format)
+    after_setup_logger.connect(logs.install, weak=False, dispatch_uid=f"{__name__}.setup_logs")
+    after_setup_task_logger.connect(logs.install, weak=False, dispatch_uid=f"{__name__}.setup_task_logs")
     return loaded
 
 
@@ -70,16 +78,25 @@ def _check_before_start(sender: Any = None, **_: Any) -> None:
     if _startup is None:
         return
     database_url, loaded, queues = _startup
-    try:
-        check_schema(database_url)
-        if sender is not None:
-            refuse_unserved(consumed_queues(sender), queues)
-        for provider in loaded.providers.values():  # every secret can be had, before any message
-            check_secrets(provider.name, provider.auth)
-    except ConfigError as exc:
-        # Celery logs and swallows a signal handler's exceptions; WorkerShutdown stops the worker.
-        log.critical("%s", exc)
-        raise WorkerShutdown(str(exc)) from exc
+    source = str(queues.providers_file)
+    checks: list[Callable[[], None]] = [lambda: check_schema(database_url)]
+    if sender is not None:
+        checks.append(lambda: refuse_unserved(consumed_queues(sender), queues))
+    checks += [  # every secret can be had, before any message
+        partial(check_secrets, provider.name, provider.auth, source=source)
+        for provider in loaded.providers.values()
+    ]
+    problems = []
+    for check in checks:  # all of them, so that one restart shows everything to fix
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        # Celery logs and swallows a signal handler's exceptions, but not WorkerShutdown (a SystemExit):
+        # the worker stops, and Python prints the message once on stderr and exits with status 1. Logging
+        # is not set up yet at worker_init, so a log line would only print it a second time.
+        raise WorkerShutdown("\n".join(problems))
 
 
 def consumed_queues(worker: Any) -> list[str]:
@@ -88,10 +105,6 @@ def consumed_queues(worker: Any) -> list[str]:
     app = worker.app
     direct = {worker_direct(worker.hostname).name} if app.conf.worker_direct else set()
     return [name for name in app.amqp.queues.consume_from if name not in direct]
-
-
-def _redact_logs(logger: logging.Logger, **_: Any) -> None:
-    install_redaction(logger)
 
 
 def check_schema(database_url: str) -> None:
@@ -106,8 +119,14 @@ def check_schema(database_url: str) -> None:
     finally:
         engine.dispose()
     head = schema.head_revision()
+    where = f"ledger at {engine.url.render_as_string(hide_password=True)}"
+    if current is None:
+        raise ConfigError(
+            f"{where} has no schema yet: run `integrations db upgrade` (with the same DATABASE_URL) "
+            "before starting workers"
+        )
     if current != head:
         raise ConfigError(
-            f"ledger at {engine.url.render_as_string(hide_password=True)} is at schema revision {current}, "
-            f"this code needs {head}: run `integrations db upgrade` (with the same DATABASE_URL)"
+            f"{where} is at schema revision {current}, this code needs {head}: run `integrations db upgrade` "
+            "(with the same DATABASE_URL)"
         )

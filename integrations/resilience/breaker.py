@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import pybreaker
 import redis
@@ -200,5 +201,6 @@ class SharedBreaker:
 
 def now_ms(client: redis.Redis) -> int:
     """The Redis server's clock, in ms: the one clock every worker shares."""
-    seconds, micros = client.time()
+    answer: Any = client.time()  # (seconds, microseconds); typed as maybe-awaitable by some redis-py versions
+    seconds, micros = answer
     return int(seconds) * 1000 + int(micros) // 1000

@@ -25,6 +25,12 @@ from integrations.resilience.scripts import script
 RESERVATION_GRACE_MS = 10 * 60 * 1000
 
 
+# The ring of usage slots throttle.lua keeps in the bucket: 10 s each, the last six read as "the last minute".
+USAGE_SLOT_MS = 10_000
+USAGE_SLOTS = 7
+USAGE_WINDOW_SLOTS = 6
+
+
 class TakeResult(StrEnum):
     """Why the bucket answered as it did."""
 
@@ -108,6 +114,28 @@ class Throttle:
 
     def _now_ms(self) -> float:
         return self.clock() if self.clock else now_ms(self.client)
+
+    def used(self) -> int:
+        """Calls let through by every worker over about the last minute: the current 10-second slot of
+        the bucket's ring (``throttle.lua``) and the five before it."""
+        with self.client.pipeline() as pipe:
+            pipe.hgetall(self.bucket_key)
+            pipe.time()
+            fields, (seconds, micros) = pipe.execute()
+        now = self.clock() if self.clock else int(seconds) * 1000 + int(micros) // 1000
+        period = int(now // USAGE_SLOT_MS)
+        return sum(
+            int(fields.get(f"u{ring}", 0))
+            for ring in range(USAGE_SLOTS)
+            if period - USAGE_WINDOW_SLOTS < int(fields.get(f"p{ring}", -1)) <= period
+        )
+
+    def usage(self) -> float | None:
+        """Share of the effective rate limit used over about the last minute; ``None`` without a limit."""
+        rate = self.limits().rate
+        if not rate:
+            return None
+        return self.used() / (rate * USAGE_SLOT_MS * USAGE_WINDOW_SLOTS / 1000)
 
     def _injected(self) -> str:
         return "" if self.clock is None else repr(self.clock())

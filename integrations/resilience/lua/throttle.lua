@@ -39,6 +39,7 @@ local shift = tonumber(redis.call('HGET', bucket, 'shift') or '0')
 local paused_until = tonumber(redis.call('HGET', bucket, 'pause') or '0')
 local vnow = now - shift
 local keep = 24 * 3600 * 1000
+local USAGE_SLOT_MS, USAGE_SLOTS = 10000, 7
 
 -- The earliest real time a call conforms to a bucket's real-clock GCRA, and the new arrival time.
 local function real_slot(key, per_second, size)
@@ -64,6 +65,15 @@ local function through()
   if account_new_a then
     redis.call('HSET', account, 'a', tostring(account_new_a))
     redis.call('PEXPIRE', account, keep)
+  end
+  -- Count the call in a ring of 10-second slots (u<i> calls in period p<i>), for the usage of the last
+  -- minute that the metrics and `integrations status` read (integrations.resilience.throttle.used).
+  local period = math.floor(now / USAGE_SLOT_MS)
+  local ring = period % USAGE_SLOTS
+  if tonumber(redis.call('HGET', bucket, 'p' .. ring) or '-1') ~= period then
+    redis.call('HSET', bucket, 'p' .. ring, period, 'u' .. ring, 1)
+  else
+    redis.call('HINCRBY', bucket, 'u' .. ring, 1)
   end
   redis.call('PEXPIRE', bucket, keep)
   return 0
