@@ -90,7 +90,7 @@ class Setup:
     fleet: Fleet
     maintenance: Fleet  # one worker on integrations.maintenance, where beat sends the sweeps
     markers: list[str]  # what names this scenario's processes on their command line
-    app: Celery  # the application's Celery: what its callers read results through  # what names this scenario's processes on their command line
+    app: Celery  # the application's Celery: what its callers read results through
 
 
 @dataclass
@@ -466,7 +466,10 @@ def _results_of_succeeded(setup: Setup) -> Counter[str]:
         task_ids = connection.execute(
             select(Operation.task_id).where(Operation.status == OperationStatus.SUCCEEDED)
         ).scalars()
-        return Counter(str(setup.app.AsyncResult(task_id).state) for task_id in task_ids if task_id)
+        # What AsyncResult(task_id).state reads, asked of the result backend directly: an AsyncResult also
+        # registers with the client's result consumer, which after two Redis restarts keeps reconnecting.
+        backend = setup.app.backend
+        return Counter(str(backend.get_task_meta(task_id)["status"]) for task_id in task_ids if task_id)
 
 
 # -- the table -------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ only (``integrations metrics serve --no-fleet`` on the others).
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Mapping
 from functools import cache
@@ -70,8 +71,13 @@ class _Instruments:
     def __init__(self) -> None:
         # Imported here: prometheus-client reads PROMETHEUS_MULTIPROC_DIR when it is first imported, and
         # the worker sets it before that (``multiprocess_dir``).
-        from prometheus_client import Counter, Gauge, Histogram
+        from prometheus_client import Counter, Gauge, Histogram, values
 
+        if os.environ.get(MULTIPROC_ENV):
+            # Files named by host and process id, not the process id alone: worker containers that share
+            # one metrics volume have the same process ids, and would write into each other's files.
+            host = socket.gethostname().replace("_", "-")
+            values.ValueClass = values.MultiProcessValue(lambda: f"{host}-{os.getpid()}")  # type: ignore[no-untyped-call]
         self.operations: Counter = Counter(
             _stem(OPERATIONS_TOTAL),
             "Operations ended, and messages answered from the ledger or refused, by outcome.",

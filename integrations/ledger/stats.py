@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from integrations.ledger.models import ENDED_BADLY, Operation, OperationStatus
+from integrations.ledger.records import OperationRecord
+from integrations.ledger.rows import record_of
 from integrations.ledger.store import Ledger
 
 table = Operation.__table__
@@ -105,3 +107,17 @@ def recent(ledger: Ledger, since: datetime) -> dict[str, Recent]:
 
 def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def ended_since(ledger: Ledger, since: datetime, limit: int = RECENT_LIMIT) -> list[OperationRecord]:
+    """Operations with a task id that ended since ``since``, newest first: those whose result a caller's
+    ``AsyncResult`` may be waiting for."""
+    terminal = [status.value for status in OperationStatus if status.terminal]
+    query = (
+        select(table)
+        .where(table.c.status.in_(terminal), table.c.finished_at >= since, table.c.task_id.is_not(None))
+        .order_by(table.c.finished_at.desc())
+        .limit(limit)
+    )
+    with ledger.engine.connect() as connection:
+        return [record_of(row) for row in connection.execute(query).mappings()]

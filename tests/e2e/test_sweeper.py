@@ -91,3 +91,40 @@ def test_a_lost_workers_operation_ends_after_its_lease_and_a_sweep(
     calls = simulator.calls(idempotency_key=key)  # the lost attempt was carried out; the repeat has its key
     assert len(calls) == 2
     assert f"swept sim.request key={key}" in log and result.id in log
+
+
+def test_a_sweep_stores_the_results_callers_miss(
+    setup: tuple[Celery, dict[str, str], Ledger], simulator: ProviderSimulator, tmp_path: Path
+) -> None:
+    """An operation ended in the ledger whose result the backend lost (Redis restarted empty), or holds from
+    before its end (a RETRY: the pool process was stopped between the ledger's write and the result's):
+    the next sweep stores the ledger's outcome, and the caller reads it."""
+    app, env, _ = setup
+    lost, stale, rejected = unique("lost"), unique("stale"), unique("rejected")
+    with running_worker(app, env, QUEUES, tmp_path, concurrency=1):
+        results = {
+            key: app.send_task(
+                "integrations.sim.request",
+                kwargs={"payload": {"method": "POST", "path": path}, "idempotency_key": key},
+                queue="integrations.sim",
+            )
+            for key, path in ((lost, "/v1/a"), (stale, "/v1/b"), (rejected, "/v1/c?status=400"))
+        }
+        for outcome in results.values():
+            outcome.get(timeout=30, propagate=False)
+        backend = app.backend
+        backend.client.delete(*(backend.get_key_for_task(result.id) for result in results.values()))
+        backend.store_result(
+            results[stale].id, None, "RETRY"
+        )  # Celery keeps a SUCCESS from being overwritten
+        states = [backend.get_task_meta(results[key].id)["status"] for key in (lost, stale, rejected)]
+        assert states == ["PENDING", "RETRY", "PENDING"]
+        app.send_task(SWEEP_TASK, queue=MAINTENANCE_QUEUE).get(timeout=30)
+
+    for key in (lost, stale):
+        value = backend.get_task_meta(results[key].id)
+        assert value["status"] == "SUCCESS", value
+        assert (value["result"]["status"], value["result"]["idempotency_key"]) == ("succeeded", key)
+    failure = backend.get_task_meta(results[rejected].id)
+    assert failure["status"] == "FAILURE" and "provider_rejected" in str(failure["result"])
+    assert len(simulator.calls()) == 3  # stored from the ledger: no call made again
