@@ -215,6 +215,10 @@ class OperationRunner:
             ),
         )
         log.warning("%s", error.message)
+        try:
+            self.ledger.record_conflict(self.provider.name, request.key)  # `ops conflicts` lists them
+        except LedgerUnavailable as exc:  # a count is not worth a redelivery
+            log.warning("%s: the conflict could not be counted: %s", request.where, exc)
         return Failed(OperationStatus.FAILED, error, record.id)
 
     def _wait(self, delivery: Delivery, wait: idempotency.Wait) -> Outcome:

@@ -8,6 +8,7 @@ database of the run's own is created and dropped; unset, PostgreSQL tests skip; 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from integrations.ledger import schema
 from integrations.ledger.engine import database_url
-from integrations.ledger.models import Operation
+from integrations.ledger.models import Operation, OperatorAction
 from integrations.ledger.store import Ledger
 from integrations.testing.provider import ProviderSimulator
 from integrations.testing.redis_server import redis_for
@@ -32,12 +33,21 @@ def with_redis_db(url: str, db: int) -> str:
     return make_url(url).set(database=str(db)).render_as_string(hide_password=False)
 
 
-def pytest_report_header() -> str:
+def pytest_report_header() -> list[str]:
     """What the run talks to, said once instead of once per skipped test."""
     postgres = os.environ.get("TEST_POSTGRES_URL")
-    if postgres:
-        return f"PostgreSQL: {make_url(postgres).render_as_string(hide_password=True)} (TEST_POSTGRES_URL)"
-    return "PostgreSQL: TEST_POSTGRES_URL is not set, so the PostgreSQL variants of the tests skip"
+    lines = [
+        f"PostgreSQL: {make_url(postgres).render_as_string(hide_password=True)} (TEST_POSTGRES_URL)"
+        if postgres
+        else "PostgreSQL: TEST_POSTGRES_URL is not set, so the PostgreSQL variants of the tests skip"
+    ]
+    promtool = shutil.which("promtool")
+    lines.append(
+        f"promtool: {promtool}"
+        if promtool
+        else "promtool: not found, so the alert rules are not checked by it (Debian package: prometheus)"
+    )
+    return lines
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +107,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     ledger = Ledger.connect(url)
     with ledger.engine.begin() as connection:
         connection.execute(delete(Operation.__table__))
+        connection.execute(delete(OperatorAction.__table__))
     ledger.engine.dispose()
 
 

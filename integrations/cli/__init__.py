@@ -11,7 +11,9 @@ from functools import cache
 
 import click
 
+from integrations.cli.audit import audit
 from integrations.cli.context import OperatorContext
+from integrations.cli.fleet import metrics_group, status_command
 from integrations.cli.ledger import db, dlq, ops
 from integrations.cli.providers import breaker, limits, providers_command
 
@@ -22,7 +24,21 @@ def build_cli(context: Callable[[], OperatorContext], *extra: click.Command) -> 
     """The ``integrations`` command: the operator commands, taking settings and the publisher from
     ``context`` (called once, when a command first needs it; ``--help`` reads nothing), and ``extra``."""
 
-    @click.group("integrations", commands=[db, ops, dlq, breaker, limits, providers_command, *extra])
+    @click.group(
+        "integrations",
+        commands=[
+            db,
+            ops,
+            dlq,
+            breaker,
+            limits,
+            audit,
+            providers_command,
+            status_command,
+            metrics_group,
+            *extra,
+        ],
+    )
     @click.version_option(package_name="integrations")
     @click.pass_context
     def main(ctx: click.Context) -> None:

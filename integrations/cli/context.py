@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +35,8 @@ class OperatorContext:
     publish: Callable[[OperationRecord], str]
     resend: Callable[[OperationRecord], str] | None = None
     sweep_grace: timedelta = timedelta(seconds=30)
+    # The broker's depth of each queue (None: absent or unknown); without it, depths are not shown.
+    queue_depths: Callable[[], Mapping[str, int | None]] | None = None
 
 
 def current() -> OperatorContext:

@@ -8,10 +8,12 @@ from typing import Any
 import click
 from rich.table import Table
 
+from integrations.cli.audit import audited, record_action
 from integrations.cli.context import console, current, print_json, user_errors
+from integrations.ledger.records import AuditAction
 from integrations.providers import ProviderSettings, Rate
-from integrations.resilience.breaker import SharedBreaker
-from integrations.resilience.throttle import Throttle
+from integrations.resilience.breaker import BreakerStatus, SharedBreaker
+from integrations.resilience.throttle import Limits, Throttle
 from integrations.runtime import Runtime
 
 
@@ -49,22 +51,31 @@ def breaker_show(provider: str | None, as_json: bool) -> None:
     if as_json:
         print_json([status.to_json() for status in statuses])
         return
-    table = Table(
-        "provider", "state", "failures in a row", "window (failed/calls)", "opened", "may half-open"
-    )
+    # Plain lines, never a table: an 80-column or piped output shows them whole.
     for status in statuses:
-        state = status.state + (f" (forced {status.forced})" if status.forced else "")
-        if status.probe_in_flight:
-            state += ", probe in flight"
-        table.add_row(
-            status.provider,
-            state,
-            str(status.consecutive_failures),
-            f"{status.window_failures}/{status.window_calls}",
-            _when(status.opened_at),
-            _when(status.half_open_at),
+        click.echo(f"{status.provider}: {_state(status)}")
+        click.echo(
+            f"  failures in a row {status.consecutive_failures}; window: {status.window_failures} failed of "
+            f"{status.window_calls} calls"
         )
-    console.print(table)
+
+
+def _state(status: BreakerStatus) -> str:
+    """What admission does now: an operator's forcing first, with when it ends, then the counted state,
+    with when it opened and may half-open. Times in UTC."""
+    if status.forced:
+        until = (
+            f"until {_when(status.forced_until)} UTC"
+            if status.forced_until
+            else f"until `integrations breaker close {status.provider}`"
+        )
+        return f"forced {status.forced} {until} (counted: {status.state.value})"
+    state = status.state.value
+    if status.opened_at is not None:
+        state += f" since {_when(status.opened_at)} UTC"
+    if status.half_open_at is not None:
+        state += f", may half-open at {_when(status.half_open_at)} UTC"
+    return state + (", probe in flight" if status.probe_in_flight else "")
 
 
 @breaker.command("open")
@@ -76,23 +87,55 @@ def breaker_show(provider: str | None, as_json: bool) -> None:
     default=None,
     help="End by itself after this many seconds.",
 )
-def breaker_open(provider: str, seconds: float | None) -> None:
+@audited()
+def breaker_open(provider: str, seconds: float | None, actor: str, reason: str | None) -> None:
     """Force PROVIDER's breaker open (a maintenance window): no calls until `breaker close`."""
     with user_errors():
         [shared] = _breakers(_runtime(), [provider])
+        was = shared.status()
         shared.force_open(seconds)
-    until = f" for {seconds:g}s" if seconds is not None else f" until `integrations breaker close {provider}`"
-    click.echo(f"breaker of {provider} forced open{until}; operations wait, using no attempts")
+        now = shared.status()
+    until = (
+        f" for {seconds:g}s (until {_when(now.forced_until)} UTC)"
+        if seconds is not None
+        else f" until `integrations breaker close {provider}`"
+    )
+    done = f"breaker of {provider} forced open{until}; operations wait, using no attempts"
+    click.echo(done)
+    details = {
+        "was": _breaker_json(was),
+        "seconds": seconds,
+        "until": now.forced_until.isoformat() if now.forced_until else None,
+    }
+    record_action(
+        done, AuditAction.BREAKER_OPEN, actor=actor, target=provider, reason=reason, details=details
+    )
 
 
 @breaker.command("close")
 @click.argument("provider")
-def breaker_close(provider: str) -> None:
+@audited()
+def breaker_close(provider: str, actor: str, reason: str | None) -> None:
     """End any forcing and close PROVIDER's breaker with fresh counts."""
     with user_errors():
         [shared] = _breakers(_runtime(), [provider])
+        was = shared.status()
         shared.close()
-    click.echo(f"breaker of {provider} closed")
+    done = f"breaker of {provider} closed"
+    click.echo(done)
+    details = {"was": _breaker_json(was)}
+    record_action(
+        done, AuditAction.BREAKER_CLOSE, actor=actor, target=provider, reason=reason, details=details
+    )
+
+
+def _breaker_json(status: BreakerStatus) -> dict[str, Any]:
+    """What the audit trail keeps of a breaker: its state and any forcing."""
+    return {
+        "state": status.state.value,
+        "forced": status.forced,
+        "forced_until": status.forced_until.isoformat() if status.forced_until else None,
+    }
 
 
 def _when(moment: datetime | None) -> str:
@@ -151,24 +194,42 @@ def limits_show(as_json: bool) -> None:
 @click.option(
     "--burst", type=click.IntRange(min=1), default=None, help="Bucket size (default: one second's worth)."
 )
-def limits_set(provider: str, rate: str, burst: int | None) -> None:
+@audited()
+def limits_set(provider: str, rate: str, burst: int | None, actor: str, reason: str | None) -> None:
     """Set PROVIDER's rate limit to RATE (N/s, N/m or N/h) on every running worker."""
     with user_errors():
         runtime = _runtime()
         parsed = Rate.parse(rate)
-        applied = Throttle(runtime.redis, _provider(runtime, provider)).set_limits(parsed, burst)
-    click.echo(f"{provider}: {parsed.text} (burst {applied.burst}) for every worker, until `limits reset`")
+        throttle = Throttle(runtime.redis, _provider(runtime, provider))
+        old = throttle.limits()
+        applied = throttle.set_limits(parsed, burst)
+    done = f"{provider}: {parsed.text} (burst {applied.burst}) for every worker, until `limits reset`"
+    click.echo(done)
+    details = {"old": _limits_json(old), "new": _limits_json(applied) | {"rate": parsed.text}}
+    record_action(done, AuditAction.LIMITS_SET, actor=actor, target=provider, reason=reason, details=details)
 
 
 @limits.command("reset")
 @click.argument("provider")
-def limits_reset(provider: str) -> None:
+@audited()
+def limits_reset(provider: str, actor: str, reason: str | None) -> None:
     """Return PROVIDER to the providers file's rate limit."""
     with user_errors():
         runtime = _runtime()
-        effective = Throttle(runtime.redis, _provider(runtime, provider)).reset_limits()
+        throttle = Throttle(runtime.redis, _provider(runtime, provider))
+        old = throttle.limits()
+        effective = throttle.reset_limits()
     shown = f"{effective.rate:g}/s burst {effective.burst}" if effective.rate else "unlimited"
-    click.echo(f"{provider}: back to the providers file's limit ({shown}); any pause ended")
+    done = f"{provider}: back to the providers file's limit ({shown}); any pause ended"
+    click.echo(done)
+    details = {"old": _limits_json(old), "new": _limits_json(effective)}
+    record_action(
+        done, AuditAction.LIMITS_RESET, actor=actor, target=provider, reason=reason, details=details
+    )
+
+
+def _limits_json(limits: Limits) -> dict[str, Any]:
+    return {"rate_per_second": limits.rate, "burst": limits.burst, "overridden": limits.overridden}
 
 
 @click.command("providers")
@@ -194,16 +255,13 @@ def providers_command(as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table(
-        "provider", "adapter", "queue", "tasks", "rate limit", "attempts", title=str(context.providers_file)
-    )
+    # Plain lines, never a table: queue and task names are what people copy, so no width may cut them.
+    click.echo(f"providers in {context.providers_file}:")
     for row in rows:
-        table.add_row(
-            row["provider"],
-            row["adapter"],
-            row["queue"],
-            "\n".join(row["tasks"]),
-            f"{row['rate_limit'] or '-'} (burst {row['burst'] or '-'})",
-            str(row["max_attempts"]),
+        limit = f"{row['rate_limit']} (burst {row['burst']})" if row["rate_limit"] else "unlimited"
+        click.echo(
+            f"\n{row['provider']}  adapter {row['adapter']}, rate limit {limit}, at most {row['max_attempts']} "
+            f"attempts\n  queue  {row['queue']}"
         )
-    console.print(table)
+        for task in row["tasks"]:
+            click.echo(f"  task   {task}")

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -85,6 +85,9 @@ class Operation(Base):
         UniqueConstraint("provider", "idempotency_key"),
         Index(None, "status", "finished_at"),
         Index(None, "provider", "status"),
+        Index(None, "created_at"),  # ops list, newest first
+        Index(None, "task_id"),  # ops show by the Celery task id
+        Index(None, "last_conflict_at"),  # ops conflicts
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -116,3 +119,31 @@ class Operation(Base):
     task_id: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
     # When the sweeper last sent the operation's message again (see integrations.sweeper).
     swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The last attempts, oldest first: [{attempt, started_at, seconds, outcome, status_code, error_type,
+    # error}] (see records.AttemptEntry), written by the statement that ends each attempt.
+    history: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    # Messages refused because they reused the key for another operation or payload: how many, and the last.
+    # Counted without bumping ``version``: a conflict changes nothing a claim or a finish relies on.
+    conflicts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_conflict_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A dead letter an operator settled with `dlq discard`: when, by whom, why. Its status stays what the
+    # operation ended with, and its key stays taken.
+    discarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    discarded_by: Mapped[str | None] = mapped_column(String(255))
+    discard_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class OperatorAction(Base):
+    """One operator action on the running system (``limits set``, ``breaker open``, ``dlq discard``, ...):
+    who, when, on what, why, and what changed. Written by the operator commands, read by ``audit list``."""
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (Index(None, "at"), Index(None, "action", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[Any] = mapped_column(JSONDocument, nullable=True)

@@ -1,4 +1,5 @@
-"""The values the ledger hands out and takes: an operation's record, a new operation, a batch item's state.
+"""The values the ledger hands out and takes: an operation's record, a new operation, a batch item's state,
+an entry of an operation's attempt history, an operator's recorded action.
 
 Rows are converted to and from these at the ledger's edge (``store.py``): the rest of the core never sees
 a row, and batch items only as ``ItemState``.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
@@ -39,6 +40,21 @@ class ItemState(BaseModel):
 
 
 Items = tuple[ItemState, ...]
+
+
+class AttemptEntry(TypedDict):
+    """One attempt as the operation's history keeps it: never the payload nor what the provider answered."""
+
+    attempt: int  # its number, counted from 1 again after a replay or a takeover
+    started_at: str | None  # ISO 8601, UTC: when it was claimed
+    seconds: float | None  # from its claim to its end; None when its worker was lost
+    outcome: str  # succeeded, retry, continued (a batch's next chunk), failed, dead, partial, or lost
+    status_code: int | None
+    error_type: str | None
+    error: str | None  # the error's message, cut to MAX_HISTORY_ERROR characters
+
+
+History = tuple[AttemptEntry, ...]
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,17 @@ class OperationRecord:
     items: Items | None = None
     task_id: str | None = None
     swept_at: datetime | None = None
+    history: History = ()
+    conflicts: int = 0
+    last_conflict_at: datetime | None = None
+    discarded_at: datetime | None = None
+    discarded_by: str | None = None
+    discard_reason: str | None = None
+
+    @property
+    def discarded(self) -> bool:
+        """A dead letter an operator settled (``dlq discard``): out of ``dlq list`` and of filtered replays."""
+        return self.discarded_at is not None
 
     @property
     def invalid_request(self) -> bool:
@@ -103,10 +130,39 @@ class OperationRecord:
         del data["id"], data["fingerprint"], data["version"]
         data["status"] = self.status.value
         data["items"] = dump_items(self.items)
+        data["history"] = [dict(entry) for entry in self.history]
         for name, value in data.items():
             if isinstance(value, datetime):
                 data[name] = value.isoformat()
         return data
+
+
+class AuditAction(StrEnum):
+    """What an operator did, as ``audit list`` names it."""
+
+    LIMITS_SET = "limits.set"
+    LIMITS_RESET = "limits.reset"
+    BREAKER_OPEN = "breaker.open"
+    BREAKER_CLOSE = "breaker.close"
+    DLQ_REPLAY = "dlq.replay"
+    DLQ_DISCARD = "dlq.discard"
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One operator action: who (``actor``), when (``at``), what (``action`` on ``target``), why
+    (``reason``), and what changed (``details``: e.g. the old and the new limit)."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    reason: str | None
+    details: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"at": self.at.isoformat()}
 
 
 def dump_items(items: Items | None) -> list[dict[str, Any]] | None:

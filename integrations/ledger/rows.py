@@ -1,5 +1,6 @@
-"""The ledger's rows and statements: how records, new operations and batch items become the values of
-the ``operations`` table and come back, and the statements built once with their values bound later."""
+"""The ledger's rows and statements: how records, new operations, batch items and attempt history entries
+become the values of the ``operations`` table and come back, and the statements built once with their
+values bound later."""
 
 from __future__ import annotations
 
@@ -12,9 +13,22 @@ from sqlalchemy import Insert, Table, Update, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from integrations.ledger.models import Operation, OperationStatus
-from integrations.ledger.records import NewOperation, OperationRecord, dump_items, load_items
+from integrations.ledger.records import (
+    AttemptEntry,
+    History,
+    NewOperation,
+    OperationRecord,
+    dump_items,
+    load_items,
+)
 
 table = cast(Table, Operation.__table__)
+
+# An operation's history keeps its last this many attempts: the default retry budget (8) twice over, so a
+# replayed dead letter still shows the attempts that killed it, in a row of a few kilobytes at most.
+HISTORY_LIMIT = 16
+# An attempt's error message in the history is cut to this many characters (the row's error has it whole).
+MAX_HISTORY_ERROR = 300
 
 
 def storable(value: Any) -> Any:
@@ -80,6 +94,12 @@ def new_row(new: NewOperation, now: datetime) -> dict[str, Any]:
         "waiting": None,
         "items": None,
         "swept_at": None,
+        "history": None,
+        "conflicts": 0,
+        "last_conflict_at": None,
+        "discarded_at": None,
+        "discarded_by": None,
+        "discard_reason": None,
     }
 
 
@@ -92,13 +112,62 @@ def takeover_values(new: NewOperation) -> dict[str, Any]:
         "task_id": new.task_id,
         "error": None,
         "finished_at": None,
+        "discarded_at": None,
+        "discarded_by": None,
+        "discard_reason": None,
     }
+
+
+def ended_attempt(
+    record: OperationRecord,
+    now: datetime,
+    status: OperationStatus,
+    error: dict[str, Any] | None,
+    response: Any,
+) -> AttemptEntry:
+    """The entry of the attempt ``record`` (as claimed) stands for, ending now with ``status``."""
+    status_code = error.get("status_code") if error else None
+    if status_code is None and isinstance(response, dict):
+        answered = response.get("status_code")
+        status_code = answered if isinstance(answered, int) and not isinstance(answered, bool) else None
+    outcome = status.value
+    if status is OperationStatus.QUEUED:  # another attempt follows: after a failure, or a batch's next chunk
+        outcome = "retry" if error else "continued"
+    started = record.started_at
+    return {
+        "attempt": record.attempts,
+        "started_at": started.isoformat() if started else None,
+        "seconds": round(max(0.0, (now - started).total_seconds()), 3) if started else None,
+        "outcome": outcome,
+        "status_code": status_code,
+        "error_type": str(error["type"]) if error else None,
+        "error": str(error["message"])[:MAX_HISTORY_ERROR] if error else None,
+    }
+
+
+def lost_attempt(record: OperationRecord) -> AttemptEntry:
+    """The entry of a running attempt whose lease ran out with no outcome: its worker was lost."""
+    return {
+        "attempt": record.attempts,
+        "started_at": record.started_at.isoformat() if record.started_at else None,
+        "seconds": None,
+        "outcome": "lost",
+        "status_code": None,
+        "error_type": None,
+        "error": None,
+    }
+
+
+def with_entry(history: History, entry: AttemptEntry) -> list[AttemptEntry]:
+    """``history`` and ``entry``, as the ``history`` column keeps them: the last ``HISTORY_LIMIT``."""
+    return [*history, entry][-HISTORY_LIMIT:]
 
 
 def row_values(record: OperationRecord) -> dict[str, Any]:
     values = {name: getattr(record, name) for name in COLUMNS}
     values["status"] = record.status.value
     values["items"] = dump_items(record.items)
+    values["history"] = list(record.history) or None
     return values
 
 
@@ -106,6 +175,7 @@ def record_of(row: Any) -> OperationRecord:
     values = dict(row)
     values["status"] = OperationStatus(values["status"])
     values["items"] = load_items(values["items"])
+    values["history"] = tuple(values["history"] or ())
     return OperationRecord(**values)
 
 

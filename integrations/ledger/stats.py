@@ -51,10 +51,10 @@ class Recent:
 
 
 def dead_letters(ledger: Ledger) -> dict[str, int]:
-    """Dead letters (failed, dead, partial operations) in the ledger now, by provider."""
+    """Dead letters (failed, dead, partial operations, not discarded) in the ledger now, by provider."""
     query = (
         select(table.c.provider, func.count())
-        .where(table.c.status.in_([status.value for status in ENDED_BADLY]))
+        .where(table.c.status.in_([status.value for status in ENDED_BADLY]), table.c.discarded_at.is_(None))
         .group_by(table.c.provider)
     )
     with ledger.engine.connect() as connection:

@@ -2,24 +2,29 @@
 
 Every write is one statement that compares the row's ``version``: a claim or a finish either wins
 outright or changes nothing, on SQLite and PostgreSQL alike, with no lock held across a provider call.
+The attempt history rides in the statement that ends each attempt, so it costs no statement of its own.
 SQLAlchemy errors become ``LedgerUnavailable`` here, so callers deal with one exception.
+
+Beside the operations, the ledger's database keeps the operators' actions (``operator_actions``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Engine,
     Select,
+    Table,
     and_,
     delete,
     func,
+    insert,
     or_,
     select,
     update,
@@ -36,11 +41,20 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from integrations.errors import ErrorInfo, LedgerUnavailable
 from integrations.ledger.engine import create_ledger_engine
-from integrations.ledger.models import ENDED_BADLY, OperationStatus
-from integrations.ledger.records import Items, NewOperation, OperationRecord, dump_items
+from integrations.ledger.models import ENDED_BADLY, OperationStatus, OperatorAction
+from integrations.ledger.records import (
+    ActionRecord,
+    AuditAction,
+    Items,
+    NewOperation,
+    OperationRecord,
+    dump_items,
+)
 from integrations.ledger.rows import (
     INSERT,
+    ended_attempt,
     insert_if_absent,
+    lost_attempt,
     new_row,
     record_of,
     row_values,
@@ -48,9 +62,15 @@ from integrations.ledger.rows import (
     table,
     takeover_values,
     update_statement,
+    with_entry,
 )
 
 Clock = Callable[[], datetime]
+
+actions = cast(Table, OperatorAction.__table__)
+
+# Put back by ``restore`` from the row as it is, not as it was: counted since, by statements of their own.
+_KEPT_BY_RESTORE = frozenset({"id", "conflicts", "last_conflict_at"})
 
 
 def utcnow() -> datetime:
@@ -76,9 +96,20 @@ class Ledger:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
+        """A connection whose every statement commits by itself."""
+        with self._reached(), self._autocommit.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A connection in one transaction, committed at the end: for writes that go together."""
+        with self._reached(), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _reached(self) -> Iterator[None]:
         try:
-            with self._autocommit.connect() as connection:
-                yield connection
+            yield
         except (OperationalError, InterfaceError, ProgrammingError, DisconnectionError, PoolTimeout) as exc:
             # The database cannot be reached or lacks the schema: worth waiting for. Other errors (bad
             # data) are not, and go up to the pipeline, which ends the operation after a few tries.
@@ -100,11 +131,65 @@ class Ledger:
             row = connection.execute(select(table).where(table.c.id == operation_id)).mappings().first()
         return record_of(row) if row else None
 
-    def dead_letters(self, provider: str | None = None, limit: int = 1000) -> list[OperationRecord]:
-        """Failed, dead and partial operations, newest first."""
-        query = select(table).where(table.c.status.in_(ENDED_BADLY))
+    def lookup(self, reference: str) -> list[OperationRecord]:
+        """The operations whose id, or the id of the Celery task that first brought them, is ``reference``."""
+        query = select(table).where(or_(table.c.id == reference, table.c.task_id == reference))
+        with self._begin() as connection:
+            return [
+                record_of(row) for row in connection.execute(query.order_by(table.c.created_at)).mappings()
+            ]
+
+    def operations(
+        self,
+        *,
+        provider: str | None = None,
+        statuses: Collection[OperationStatus] = (),
+        created_before: datetime | None = None,
+        limit: int = 100,
+    ) -> list[OperationRecord]:
+        """Operations newest first: of ``provider``, in ``statuses``, created before ``created_before``."""
+        query = select(table)
         if provider is not None:
             query = query.where(table.c.provider == provider)
+        if statuses:
+            query = query.where(table.c.status.in_([status.value for status in statuses]))
+        if created_before is not None:
+            query = query.where(table.c.created_at < created_before)
+        query = query.order_by(table.c.created_at.desc(), table.c.id).limit(limit)
+        with self._begin() as connection:
+            return [record_of(row) for row in connection.execute(query).mappings()]
+
+    def conflicted(
+        self, *, provider: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[OperationRecord]:
+        """Operations whose key later messages reused for another operation or payload, the latest
+        conflict first; ``since``: only those with a conflict since then."""
+        query = select(table).where(table.c.last_conflict_at.is_not(None), table.c.conflicts > 0)
+        if provider is not None:
+            query = query.where(table.c.provider == provider)
+        if since is not None:
+            query = query.where(table.c.last_conflict_at >= since)
+        query = query.order_by(table.c.last_conflict_at.desc(), table.c.id).limit(limit)
+        with self._begin() as connection:
+            return [record_of(row) for row in connection.execute(query).mappings()]
+
+    def dead_letters(
+        self,
+        provider: str | None = None,
+        limit: int = 1000,
+        *,
+        error_type: str | None = None,
+        since: datetime | None = None,
+    ) -> list[OperationRecord]:
+        """Failed, dead and partial operations not discarded, newest first; ``error_type``: whose error is
+        of that type; ``since``: that ended since then."""
+        query = select(table).where(table.c.status.in_(ENDED_BADLY), table.c.discarded_at.is_(None))
+        if provider is not None:
+            query = query.where(table.c.provider == provider)
+        if error_type is not None:
+            query = query.where(table.c.error["type"].as_string() == error_type)
+        if since is not None:
+            query = query.where(table.c.finished_at >= since)
         query = query.order_by(table.c.finished_at.desc(), table.c.id).limit(limit)
         with self._begin() as connection:
             return [record_of(row) for row in connection.execute(query).mappings()]
@@ -255,6 +340,8 @@ class Ledger:
         }
         if items is not None:
             values["items"] = dump_items(items)
+        if record.status is OperationStatus.RUNNING:  # its lease ran out: the attempt's worker was lost
+            values["history"] = with_entry(record.history, lost_attempt(record))
         if takeover is not None:
             values |= takeover_values(takeover) | {"attempts": 1}
         return self._compare_and_set(record, values)
@@ -270,8 +357,11 @@ class Ledger:
         items: Items | None = None,
     ) -> OperationRecord | None:
         """End the attempt that ``record`` (as claimed) stands for; ``None`` if it was taken over. What the
-        provider answered is kept with any NUL character replaced (see ``storable``)."""
+        provider answered is kept with any NUL character replaced (see ``storable``). A running ``record``'s
+        attempt joins its history in the same statement; ending a queued one (no attempt in flight) adds
+        none."""
         now = self.clock()
+        stored_error = storable(error.model_dump(mode="json")) if error else None
         values: dict[str, Any] = {
             "status": status.value,
             "version": record.version + 1,
@@ -280,11 +370,14 @@ class Ledger:
             "next_attempt_at": next_attempt_at,
             "waiting": None,
             "response": storable(response),
-            "error": storable(error.model_dump(mode="json")) if error else None,
+            "error": stored_error,
             "finished_at": now if status.terminal else None,
         }
         if items is not None:
             values["items"] = storable(dump_items(items))
+        if record.status is OperationStatus.RUNNING:
+            entry = ended_attempt(record, now, status, stored_error, response)
+            values["history"] = with_entry(record.history, entry)
         return self._compare_and_set(record, values)
 
     def record_wait(
@@ -327,13 +420,28 @@ class Ledger:
         }
         if items is not None:
             values["items"] = dump_items(items)
+        if record.status is OperationStatus.RUNNING:  # its lease ran out: the attempt's worker was lost
+            values["history"] = with_entry(record.history, lost_attempt(record))
         if new is not None:
             values |= takeover_values(new) | {"request_id": new.request_id, "attempts": 0}
         self._compare_and_set(record, values)
 
+    def record_conflict(self, provider: str, idempotency_key: str) -> None:
+        """Count a message refused for reusing ``idempotency_key`` with another operation or payload, on the
+        row that holds the key. One statement that leaves ``version`` (and ``updated_at``, which the
+        sweeper reads) alone: a claim or finish in flight still wins."""
+        statement = (
+            update(table)
+            .where(table.c.provider == provider, table.c.idempotency_key == idempotency_key)
+            .values(conflicts=table.c.conflicts + 1, last_conflict_at=self.clock())
+        )
+        with self._begin() as connection:
+            connection.execute(statement)
+
     def requeue(self, record: OperationRecord, *, items: Items | None = None) -> OperationRecord | None:
         """Make an ended operation queued again with a fresh attempt budget (``dlq replay``), its batch
-        items as given; ``None`` if the row changed since it was read."""
+        items as given, and no longer discarded; ``None`` if the row changed since it was read. Its
+        history stays: the attempts that made it a dead letter come before the replay's."""
         values: dict[str, Any] = {
             "status": OperationStatus.QUEUED.value,
             "attempts": 0,
@@ -343,6 +451,9 @@ class Ledger:
             "finished_at": None,
             "next_attempt_at": None,
             "error": None,
+            "discarded_at": None,
+            "discarded_by": None,
+            "discard_reason": None,
         }
         if items is not None:
             values["items"] = dump_items(items)
@@ -351,8 +462,107 @@ class Ledger:
     def restore(self, before: OperationRecord, current: OperationRecord) -> bool:
         """Put back ``before`` over ``current`` (undo a replay whose message could not be sent); False if
         the row changed since ``current`` was read."""
-        values = {k: v for k, v in row_values(before).items() if k != "id"} | {"version": current.version + 1}
+        values = {k: v for k, v in row_values(before).items() if k not in _KEPT_BY_RESTORE}
+        values["version"] = current.version + 1
         return self._compare_and_set(current, values) is not None
+
+    def discard(
+        self, record: OperationRecord, *, actor: str, reason: str
+    ) -> tuple[OperationRecord, ActionRecord] | None:
+        """Settle the dead letter ``record`` (``dlq discard``): it leaves ``dlq list`` and filtered replays;
+        its row, status and key stay. The action is recorded with it, in one transaction. ``None`` if the
+        row changed since it was read."""
+        now = self.clock()
+        values = {
+            "version": record.version + 1,
+            "updated_at": now,
+            "discarded_at": now,
+            "discarded_by": actor,
+            "discard_reason": reason,
+        }
+        params = {f"set_{name}": value for name, value in values.items()}
+        params |= {"match_id": record.id, "match_version": record.version}
+        details = {
+            "provider": record.provider,
+            "operation": record.operation,
+            "idempotency_key": record.idempotency_key,
+            "status": record.status.value,
+            "error_type": (record.error or {}).get("type"),
+        }
+        with self._transaction() as connection:
+            if connection.execute(update_statement(tuple(sorted(values))), params).rowcount != 1:
+                return None  # nothing was written
+            action = self._insert_action(
+                connection,
+                now,
+                AuditAction.DLQ_DISCARD,
+                actor=actor,
+                target=record.id,
+                reason=reason,
+                details=details,
+            )
+        return record_of(row_values(record) | values), action
+
+    # -- the operators' actions ------------------------------------------------------------------------
+
+    def record_action(
+        self,
+        action: AuditAction,
+        *,
+        actor: str,
+        target: str,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> ActionRecord:
+        """Record what an operator did, on what, why, and what changed."""
+        with self._begin() as connection:
+            return self._insert_action(
+                connection,
+                self.clock(),
+                action,
+                actor=actor,
+                target=target,
+                reason=reason,
+                details=details or {},
+            )
+
+    def actions(
+        self, *, since: datetime | None = None, action: str | None = None, limit: int = 100
+    ) -> list[ActionRecord]:
+        """The operators' recorded actions, newest first."""
+        query = select(actions)
+        if since is not None:
+            query = query.where(actions.c.at >= since)
+        if action is not None:
+            query = query.where(actions.c.action == action)
+        query = query.order_by(actions.c.at.desc(), actions.c.id.desc()).limit(limit)
+        with self._begin() as connection:
+            return [
+                ActionRecord(**(dict(row) | {"details": row["details"] or {}}))
+                for row in connection.execute(query).mappings()
+            ]
+
+    @staticmethod
+    def _insert_action(
+        connection: Connection,
+        at: datetime,
+        action: AuditAction,
+        *,
+        actor: str,
+        target: str,
+        reason: str | None,
+        details: dict[str, Any],
+    ) -> ActionRecord:
+        values = {
+            "at": at,
+            "actor": actor,
+            "action": action.value,
+            "target": target,
+            "reason": reason,
+            "details": storable(details),
+        }
+        inserted = connection.execute(insert(actions).values(values).returning(actions.c.id)).scalar_one()
+        return ActionRecord(id=int(inserted), **values)
 
     def prune(self, *, retention: timedelta, dead_letter_retention: timedelta) -> int:
         """Delete ended operations past their retention; returns how many rows went."""

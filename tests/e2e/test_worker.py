@@ -121,6 +121,8 @@ def test_same_key_with_another_payload_is_a_conflict(worker: Worker, sim: Provid
             timeout=TIMEOUT
         )
     assert len(sim.calls(idempotency_key=key)) == 1
+    record = worker.ledger.find("sim", key)
+    assert record is not None and record.conflicts == 1 and record.last_conflict_at is not None
 
 
 def test_a_pickled_message_is_refused(worker: Worker, sim: ProviderSimulator, redis_server_url: str) -> None:

@@ -305,7 +305,7 @@ def test_dlq_replay_sends_through_the_publisher_it_is_given(
 def test_the_console_script_is_installed() -> None:
     binary = Path(sys.executable).with_name("integrations")
     out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("db", "ops", "dlq", "providers", "demo", "queues"):
+    for command in ("db", "ops", "dlq", "audit", "providers", "demo", "queues"):
         assert command in out
 
 
@@ -331,7 +331,9 @@ def test_limits_set_show_and_reset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     providers.write_text(
         f'[providers.{name}]\nadapter = "http"\nbase_url = "https://a.example"\nrate_limit = "20/s"\n'
     )
-    env = {"INTEGRATIONS_PROVIDERS_FILE": str(providers), "REDIS_URL": redis_url}
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"  # where the changes are recorded (audit list)
+    schema.upgrade(ledger)
+    env = {"INTEGRATIONS_PROVIDERS_FILE": str(providers), "REDIS_URL": redis_url, "DATABASE_URL": ledger}
     assert invoke(monkeypatch, env, "limits", "set", name, "5/s", "--burst", "3").exit_code == 0
     [row] = json.loads(invoke(monkeypatch, env, "limits", "show", "--json").output)
     assert (row["effective_rate_per_second"], row["effective_burst"], row["overridden"]) == (5.0, 3, True)

@@ -16,7 +16,8 @@ from integrations.errors import ErrorInfo, ErrorType
 from integrations.ledger import models
 from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.records import NewOperation, OperationRecord
+from integrations.ledger.records import AuditAction, NewOperation, OperationRecord
+from integrations.ledger.rows import HISTORY_LIMIT
 from integrations.ledger.store import Ledger
 from integrations.replay import reset_for_replay
 from integrations.resilience.idempotency import fingerprint
@@ -485,3 +486,193 @@ def test_migration_matches_the_models(ledger: Ledger) -> None:
         differences = compare_metadata(MigrationContext.configure(connection), models.metadata)
 
     assert differences == []
+
+
+# -- attempt history ---------------------------------------------------------------------------------
+
+
+def test_each_attempt_joins_the_history_in_the_statement_that_ends_it(timed: Ledger, clock: Clock) -> None:
+    first = start(timed)
+    clock.advance(1.5)
+    queued = timed.finish(first, OperationStatus.QUEUED, error=transient(), next_attempt_at=clock())
+    assert queued is not None
+    clock.advance(10)
+    second = timed.claim(queued, lease=LEASE, request_id="req-1")
+    assert second is not None
+    clock.advance(0.25)
+    done = timed.finish(
+        second, OperationStatus.SUCCEEDED, response={"status_code": 201, "body": {"id": "ch"}}
+    )
+    assert done is not None
+
+    stored = timed.get(first.id)
+    assert stored is not None and stored.history == done.history
+    assert list(stored.history) == [
+        {
+            "attempt": 1,
+            "started_at": T0.isoformat(),
+            "seconds": 1.5,
+            "outcome": "retry",
+            "status_code": 503,
+            "error_type": "provider_unavailable",
+            "error": "acme.request: HTTP 503",
+        },
+        {
+            "attempt": 2,
+            "started_at": (T0 + timedelta(seconds=11.5)).isoformat(),
+            "seconds": 0.25,
+            "outcome": "succeeded",
+            "status_code": 201,  # from the response: the provider's answer itself is not kept here
+            "error_type": None,
+            "error": None,
+        },
+    ]
+    assert stored.to_json()["history"] == [dict(entry) for entry in stored.history]
+
+
+def test_a_claim_over_a_lost_attempt_notes_it_lost(timed: Ledger, clock: Clock) -> None:
+    lost = start(timed)
+    clock.set(T0 + LEASE + timedelta(seconds=1))
+
+    taken = timed.claim(lost, lease=LEASE, request_id="req-2")
+
+    assert taken is not None
+    [entry] = taken.history
+    assert (entry["attempt"], entry["outcome"], entry["seconds"]) == (1, "lost", None)
+    assert entry["started_at"] == T0.isoformat()
+    done = timed.finish(taken, OperationStatus.DEAD, error=transient())
+    assert done is not None
+    assert [(e["attempt"], e["outcome"]) for e in done.history] == [(1, "lost"), (2, "dead")]
+
+
+def test_a_wait_over_a_lost_attempt_notes_it_lost(timed: Ledger, clock: Clock) -> None:
+    lost = start(timed)
+    clock.set(T0 + LEASE + timedelta(seconds=1))
+
+    timed.record_wait(lost, reason="breaker_open", until=clock() + timedelta(seconds=30))
+
+    waiting = timed.get(lost.id)
+    assert waiting is not None and waiting.status is OperationStatus.QUEUED
+    assert [(e["attempt"], e["outcome"]) for e in waiting.history] == [(1, "lost")]
+
+
+def test_the_history_keeps_the_last_attempts_and_ending_a_queued_row_adds_none(ledger: Ledger) -> None:
+    record = start(ledger)
+    for _ in range(HISTORY_LIMIT + 2):
+        queued = ledger.finish(record, OperationStatus.QUEUED, error=transient())
+        assert queued is not None
+        claimed = ledger.claim(queued, lease=LEASE, request_id="req-1")
+        assert claimed is not None
+        record = claimed
+    queued = ledger.finish(record, OperationStatus.QUEUED, error=transient())
+    assert queued is not None
+    internal = ErrorInfo(type=ErrorType.INTERNAL_ERROR, message="acme.request: internal error")
+    failed = ledger.finish(queued, OperationStatus.FAILED, error=internal)  # no attempt was in flight
+    assert failed is not None
+
+    stored = ledger.get(record.id)
+    assert stored is not None
+    assert [entry["attempt"] for entry in stored.history] == list(range(4, HISTORY_LIMIT + 4))
+
+
+# -- conflicts -------------------------------------------------------------------------------------
+
+
+def test_a_conflict_is_counted_without_bumping_the_version(timed: Ledger, clock: Clock) -> None:
+    running = start(timed)
+    clock.advance(5)
+    timed.record_conflict("acme", "charge-1")
+    clock.advance(5)
+    timed.record_conflict("acme", "charge-1")
+    timed.record_conflict("mailer", "charge-1")  # no such row: nothing to count
+
+    counted = timed.get(running.id)
+    assert counted is not None
+    assert (counted.conflicts, counted.last_conflict_at) == (2, T0 + timedelta(seconds=10))
+    assert (counted.version, counted.updated_at) == (running.version, running.updated_at)
+    done = timed.finish(running, OperationStatus.SUCCEEDED, response={})  # the claim's finish still wins
+    assert done is not None
+    assert [r.id for r in timed.conflicted()] == [running.id]
+    assert timed.conflicted(since=T0 + timedelta(seconds=11)) == []
+    assert timed.conflicted(provider="mailer") == []
+
+
+def test_restore_keeps_the_conflicts_counted_since(ledger: Ledger) -> None:
+    dead = ended(ledger, "charge-1", OperationStatus.DEAD)
+    replayed = reset_for_replay(ledger, dead.id)[1]
+    ledger.record_conflict("acme", "charge-1")
+
+    assert ledger.restore(dead, replayed)
+
+    restored = ledger.get(dead.id)
+    assert restored is not None and (restored.status, restored.conflicts) == (OperationStatus.DEAD, 1)
+
+
+# -- finding operations ------------------------------------------------------------------------------
+
+
+def test_lookup_by_operation_id_or_task_id_and_listing(timed: Ledger, clock: Clock) -> None:
+    new = NewOperation("acme", "request", "charge-1", "fp", PAYLOAD, None, "task-1")
+    queued, _ = timed.enqueue(new)
+    clock.advance(60)
+    dead = ended(timed, "charge-2", OperationStatus.DEAD, provider="mailer")
+
+    assert timed.lookup("task-1") == [queued]
+    assert timed.lookup(dead.id) == [dead]
+    assert timed.lookup("nothing") == []
+    assert timed.operations() == [dead, queued]
+    assert timed.operations(statuses=[OperationStatus.QUEUED]) == [queued]
+    assert timed.operations(provider="mailer") == [dead]
+    assert timed.operations(created_before=T0 + timedelta(seconds=30)) == [queued]
+
+
+def test_dead_letters_by_error_type_and_since(timed: Ledger, clock: Clock) -> None:
+    failed = ended(timed, "charge-1", OperationStatus.FAILED)  # provider_rejected
+    clock.advance(3600)
+    dead = ended(timed, "charge-2", OperationStatus.DEAD)  # retries_exhausted
+
+    assert timed.dead_letters(error_type="provider_rejected") == [failed]
+    assert timed.dead_letters(error_type="timeout") == []
+    assert timed.dead_letters(since=T0 + timedelta(minutes=30)) == [dead]
+
+
+# -- discard and the operators' actions ------------------------------------------------------------
+
+
+def test_discard_settles_a_dead_letter_with_its_action_in_one_transaction(
+    timed: Ledger, clock: Clock
+) -> None:
+    dead = ended(timed, "charge-1", OperationStatus.DEAD)
+    clock.advance(60)
+
+    done = timed.discard(dead, actor="alice@ops", reason="refunded by hand")
+
+    assert done is not None
+    discarded, action = done
+    assert timed.get(dead.id) == discarded
+    assert (discarded.status, discarded.discarded_at) == (OperationStatus.DEAD, T0 + timedelta(seconds=60))
+    assert (discarded.discarded_by, discarded.discard_reason) == ("alice@ops", "refunded by hand")
+    assert timed.dead_letters() == []
+    assert timed.find("acme", "charge-1") == discarded  # the key stays taken
+    assert timed.actions() == [action]
+    assert (action.action, action.target, action.actor) == ("dlq.discard", dead.id, "alice@ops")
+    assert action.details["error_type"] == "retries_exhausted"
+    assert timed.discard(dead, actor="bob", reason="stale read") is None  # the row changed since
+    assert timed.actions() == [action]
+
+    replayed = reset_for_replay(timed, dead.id)[1]  # by id, a discarded one goes again
+    assert (replayed.discarded_at, replayed.discarded_by, replayed.discard_reason) == (None, None, None)
+
+
+def test_actions_newest_first_by_action_and_since(timed: Ledger, clock: Clock) -> None:
+    first = timed.record_action(
+        AuditAction.LIMITS_SET, actor="alice", target="acme", details={"old": {"burst": 20}}
+    )
+    clock.advance(60)
+    second = timed.record_action(AuditAction.BREAKER_OPEN, actor="bob", target="acme", reason="maintenance")
+
+    assert timed.actions() == [second, first]
+    assert timed.actions(action="limits.set") == [first]
+    assert timed.actions(since=T0 + timedelta(seconds=30)) == [second]
+    assert timed.actions(limit=1) == [second]
+    assert (first.details, second.details, second.reason) == ({"old": {"burst": 20}}, {}, "maintenance")
