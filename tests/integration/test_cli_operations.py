@@ -5,16 +5,14 @@ of the attempts, `ops list`, `ops conflicts`, `dlq replay` by filter, `dlq disca
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from click.testing import CliRunner, Result
 
-from integrations.adapters.http import HttpAdapter
 from integrations.cli import OperatorContext, build_cli
 from integrations.cli.audit import default_actor
 from integrations.errors import ErrorInfo, ErrorType
@@ -26,7 +24,6 @@ from integrations.outcome import Done, Failed, Outcome
 from integrations.pipeline import OperationRunner
 from integrations.testing.provider import ProviderSimulator
 from tests.clock import Clock
-from tests.providers import provider_settings
 from tests.published import Published
 
 Operate = Callable[..., Result]
@@ -66,21 +63,6 @@ def operate(ledger_url: str, redis_url: str, tmp_path: Path, sent: Published) ->
 @pytest.fixture
 def clock() -> Clock:
     return Clock(datetime.now(UTC))
-
-
-@pytest.fixture
-def runner(ledger_url: str, simulator: ProviderSimulator, clock: Clock) -> Iterator[OperationRunner]:
-    """The pipeline of provider `sim` (the http adapter), calling the simulator, on a clock moved by hand."""
-    provider = provider_settings(
-        base_url=simulator.url,
-        timeout=1.0,
-        retry={"max_attempts": 3, "backoff_base": 0.1, "backoff_max": 1.0},
-    )
-    session = requests.Session()
-    ledger = Ledger.connect(ledger_url, clock=clock)
-    yield OperationRunner(provider, HttpAdapter(provider, session), ledger, clock=clock)
-    session.close()
-    ledger.engine.dispose()
 
 
 def deliver(runner: OperationRunner, key: str, path: str, task_id: str | None = None) -> Outcome:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -34,20 +33,6 @@ from tests.providers import provider_settings
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-def runner(ledger_url: str, simulator: ProviderSimulator, clock: Clock) -> Iterator[OperationRunner]:
-    provider = provider_settings(
-        base_url=simulator.url,
-        timeout=1.0,
-        retry={"max_attempts": 3, "backoff_base": 0.1, "backoff_max": 1.0},
-    )
-    session = requests.Session()
-    ledger = Ledger.connect(ledger_url, clock=clock)
-    yield OperationRunner(provider, HttpAdapter(provider, session), ledger, clock=clock)
-    session.close()
-    ledger.engine.dispose()
 
 
 def deliver(runner: OperationRunner, key: Any, path: str = "/charges", **kwargs: Any) -> Outcome:
