@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from config.celery_settings import celery_config
+from config.flower import flower_command
 from config.settings import Settings
 from integrations.cli import OperatorContext, build_cli
 from integrations.cli.context import console, print_json, user_errors
@@ -36,7 +37,23 @@ def operator_context() -> OperatorContext:
         publish=enqueue,
         resend=resend,
         sweep_grace=settings.sweep_interval,
+        queue_depths=lambda: {row.queue: row.messages for row in inspect_queues(settings).queues},
     )
+
+
+def inspect_queues(settings: Settings) -> BrokerQueues:
+    """The broker's integrations.* queues (and Celery's default one) with their depth."""
+    config = celery_config(settings)
+    names = QueueNames.of(
+        load_providers(settings.providers_file), settings.providers_file, config["task_default_queue"]
+    )
+    app = Celery("integrations-queues", set_as_current=False)
+    app.conf.update(config)
+    try:
+        with app.connection_for_read() as connection:
+            return inspect_broker(connection, names)
+    finally:
+        app.close()
 
 
 @click.command("demo")
@@ -52,18 +69,7 @@ def queues_command(as_json: bool) -> None:
     """List the broker's integrations.* queues with their depth; flag those no provider serves, and
     messages on Celery's default queue."""
     with user_errors():
-        settings = Settings()
-        config = celery_config(settings)
-        names = QueueNames.of(
-            load_providers(settings.providers_file), settings.providers_file, config["task_default_queue"]
-        )
-        app = Celery("integrations-queues", set_as_current=False)
-        app.conf.update(config)
-        try:
-            with app.connection_for_read() as connection:
-                found = inspect_broker(connection, names)
-        finally:
-            app.close()
+        found = inspect_queues(Settings())
     if as_json:
         print_json(found.to_json())
         return
@@ -95,4 +101,4 @@ def _print_queues(found: BrokerQueues) -> None:
         )
 
 
-main = build_cli(operator_context, demo_command, queues_command)
+main = build_cli(operator_context, demo_command, queues_command, flower_command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     # How often beat runs the sweeper, which sends again what the broker dropped; an operation that had no
     # delivery for this long past its due time is swept (the grace), so a lost one goes again within two.
     sweep_interval_seconds: float = Field(30.0, gt=0, validation_alias="INTEGRATIONS_SWEEP_INTERVAL")
+
+    # The workers' log lines: Celery's text, or one JSON object per line for a log shipper (tasks/logs.py).
+    log_format: Literal["text", "json"] = Field("text", validation_alias="INTEGRATIONS_LOG_FORMAT")
 
     @property
     def broker_url(self) -> str:

@@ -7,6 +7,7 @@ from celery import Celery
 
 from integrations.ledger.records import OperationRecord
 from integrations.providers import queue_name, task_name
+from tasks.operations import Summary
 
 
 def send(app: Celery, record: OperationRecord, task_id: str | None = None) -> str:
@@ -22,6 +23,9 @@ def send(app: Celery, record: OperationRecord, task_id: str | None = None) -> st
         kwargs=kwargs,
         queue=queue_name(record.provider),
         task_id=task_id,
+        # What the "task-sent" event and Flower show of the message: never its payload.
+        argsrepr="()",
+        kwargsrepr=Summary.of(record.provider, record.operation, kwargs).text(),
     )
     return str(result.id)
 

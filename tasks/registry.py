@@ -62,8 +62,8 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     worker_init.connect(_check_before_start, weak=False, dispatch_uid=f"{__name__}.check_before_start")
     # Log lines: secrets masked, Celery's lines about operations without payloads or results, text or JSON.
     logs.configure(settings.log_format)
-    after_setup_logger.connect(logs.install, weak=False, dispatch_uid=f"{__name__}.setup_logs")
-    after_setup_task_logger.connect(logs.install, weak=False, dispatch_uid=f"{__name__}.setup_task_logs")
+    after_setup_logger.connect(_setup_logs, weak=False, dispatch_uid=f"{__name__}.setup_logs")
+    after_setup_task_logger.connect(_setup_logs, weak=False, dispatch_uid=f"{__name__}.setup_task_logs")
     return loaded
 
 
@@ -105,6 +105,10 @@ def consumed_queues(worker: Any) -> list[str]:
     app = worker.app
     direct = {worker_direct(worker.hostname).name} if app.conf.worker_direct else set()
     return [name for name in app.amqp.queues.consume_from if name not in direct]
+
+
+def _setup_logs(logger: logging.Logger, **_: Any) -> None:
+    logs.install(logger)
 
 
 def check_schema(database_url: str) -> None:
