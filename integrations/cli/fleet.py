@@ -8,11 +8,10 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 from integrations.cli.context import console, current, open_ledger, print_json, user_errors
-from integrations.fleet import Fleet, FleetCollector, Health, ProviderStatus
+from integrations.fleet import WINDOW, Fleet, FleetCollector, Health, ProviderStatus
 from integrations.metrics import metrics_dir
 from integrations.providers import load_providers
 from integrations.resilience.scripts import redis_client
@@ -40,50 +39,41 @@ def status_command(as_json: bool) -> None:
     if as_json:
         print_json([row.to_json() for row in rows])
         return
-    table = Table(
-        "provider",
-        "health",
-        "queue",
-        "rate limit",
-        "breaker",
-        "5 min: ok/failed/dead",
-        "p95 s",
-        "dead letters",
-        "owner",
-    )
+    # Plain lines, not a table: nothing is cut on an 80-column terminal or in a pipe.
     for row in rows:
-        table.add_row(
-            Text(row.provider + (f"\n{row.description}" if row.description else "")),
-            Text(row.health.value, style=HEALTH_STYLE[row.health]),
-            f"{row.queue}\n{_depth(row)}",
-            f"{row.rate_limit or 'none'}\n{_usage(row)}",
-            _breaker(row),
-            f"{row.succeeded}/{row.failed}/{row.dead}"
-            + (f"\n{row.success_rate:.0%}" if row.success_rate else ""),
-            "-" if row.p95_seconds is None else f"{row.p95_seconds:.2f}",
-            str(row.dead_letters),
-            row.owner or "-",
-        )
-    console.print(table)
-    for row in rows:
+        head = Text(f"{row.provider}  ")
+        head.append(row.health.value, style=HEALTH_STYLE[row.health])
         if row.reason:
-            console.print(Text(f"{row.provider}: {row.health.value}: {row.reason}"), soft_wrap=True)
+            head.append(f": {row.reason}")
+        console.print(head, soft_wrap=True)
+        details = [
+            f"  {row.description}" if row.description else None,
+            f"  owner {row.owner or '-'} · adapter {row.adapter} · queue {row.queue}, {_depth(row)}",
+            f"  rate limit {row.rate_limit or 'none'}{_usage(row)} · {_breaker(row)}",
+            f"  last {WINDOW.seconds // 60} min: {row.succeeded} succeeded, {row.failed} failed, {row.dead} dead"
+            + (f" ({row.success_rate:.0%} succeeded)" if row.success_rate is not None else "")
+            + ("" if row.p95_seconds is None else f" · p95 {row.p95_seconds:.2f}s")
+            + f" · dead letters {row.dead_letters}",
+        ]
+        for line in details:
+            if line:
+                console.print(Text(line), soft_wrap=True)
 
 
 def _depth(row: ProviderStatus) -> str:
-    return "depth ?" if row.queue_depth is None else f"{row.queue_depth} waiting"
+    return "depth unknown" if row.queue_depth is None else f"{row.queue_depth} waiting"
 
 
 def _usage(row: ProviderStatus) -> str:
-    return "" if row.usage is None else f"{row.usage:.0%} used (1 min)"
+    return "" if row.usage is None else f", {row.usage:.0%} used over the last minute"
 
 
 def _breaker(row: ProviderStatus) -> str:
-    text = row.breaker
+    text = f"breaker {row.breaker}"
     if row.breaker_until is not None:
-        text += f"\nuntil {row.breaker_until:%H:%M:%S} UTC"
+        text += f" until {row.breaker_until:%H:%M:%S} UTC"
     if row.paused_until is not None:
-        text += f"\npaused until {row.paused_until:%H:%M:%S} UTC"
+        text += f" · paused until {row.paused_until:%H:%M:%S} UTC"
     return text
 
 

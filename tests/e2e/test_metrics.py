@@ -229,4 +229,4 @@ def test_status_is_one_row_per_provider_with_its_health(fleet: Fleet, simulator:
     table = subprocess.run(
         [CLI, "status"], env=fleet.env, cwd=fleet.folder, capture_output=True, text=True, check=True
     ).stdout
-    assert "held: down: breaker forced open by an operator until" in table
+    assert "held  down: breaker forced open by an operator until" in table
