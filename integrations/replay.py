@@ -153,13 +153,7 @@ def reset_for_replay(
     before and after. A batch sends again only its items that did not succeed (invalid items stay
     failed: they would be again). With ``served``, an operation no worker serves is refused before the
     row changes. A discarded one named by id is replayed, and no longer discarded."""
-    record = ledger.get(operation_id)
-    if record is None:
-        raise LookupError(f"no operation {operation_id!r} in the ledger at {ledger.where}")
-    if not record.status.ended_badly:
-        raise ValueError(
-            f"operation {operation_id} is {record.status.value}; only failed, dead or partial ones replay"
-        )
+    record = dead_letter(ledger, operation_id, "replay")
     if served is not None:
         served.refuse_unserved(record)
     why = why_not_replayable(record)
@@ -170,6 +164,18 @@ def reset_for_replay(
     if queued is None:
         raise ValueError(f"operation {operation_id} changed while it was being replayed; try again")
     return record, queued
+
+
+def dead_letter(ledger: Ledger, operation_id: str, what: str) -> OperationRecord:
+    """The failed, dead or partial operation ``operation_id``; else an error saying only those ``what``."""
+    record = ledger.get(operation_id)
+    if record is None:
+        raise LookupError(f"no operation {operation_id!r} in the ledger at {ledger.where}")
+    if not record.status.ended_badly:
+        raise ValueError(
+            f"operation {operation_id} is {record.status.value}; only failed, dead or partial ones {what}"
+        )
+    return record
 
 
 def discard(
@@ -183,14 +189,7 @@ def discard(
             f'operation {operation_id} was not discarded: give the reason (--reason "..."), which '
             "`ops show` and `audit list` keep"
         )
-    record = ledger.get(operation_id)
-    if record is None:
-        raise LookupError(f"no operation {operation_id!r} in the ledger at {ledger.where}")
-    if not record.status.ended_badly:
-        raise ValueError(
-            f"operation {operation_id} is {record.status.value}; only failed, dead or partial ones "
-            "(dead letters) can be discarded"
-        )
+    record = dead_letter(ledger, operation_id, "(dead letters) can be discarded")
     if record.discarded_at is not None:
         raise ValueError(
             f"operation {operation_id} was already discarded at {record.discarded_at.isoformat()} by "
