@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from integrations.ledger import schema
 from integrations.ledger.engine import database_url
-from integrations.ledger.models import Operation, OperatorAction
+from integrations.ledger.models import Operation, OperatorAction, WebhookEvent
 from integrations.ledger.store import Ledger
 from integrations.testing.provider import ProviderSimulator
 from integrations.testing.redis_server import redis_for
@@ -108,6 +108,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with ledger.engine.begin() as connection:
         connection.execute(delete(Operation.__table__))
         connection.execute(delete(OperatorAction.__table__))
+        connection.execute(delete(WebhookEvent))
     ledger.engine.dispose()
 
 

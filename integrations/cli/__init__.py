@@ -13,6 +13,7 @@ import click
 
 from integrations.cli.audit import audit
 from integrations.cli.context import OperatorContext
+from integrations.cli.events import events
 from integrations.cli.fleet import metrics_group, status_command
 from integrations.cli.ledger import db, dlq, ops
 from integrations.cli.providers import breaker, limits, providers_command
@@ -33,6 +34,7 @@ def build_cli(context: Callable[[], OperatorContext], *extra: click.Command) -> 
             breaker,
             limits,
             audit,
+            events,
             providers_command,
             status_command,
             metrics_group,

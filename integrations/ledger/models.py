@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -147,3 +147,32 @@ class OperatorAction(Base):
     target: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+
+
+class WebhookEvent(Base):
+    """One inbound webhook event, stored once per (provider, the provider's event id) however often it
+    is delivered, with how its handling went and the operation it confirms or contradicts. Read and
+    written by ``integrations.webhooks.store``."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("provider", "event_id"),
+        Index(None, "received_at"),  # events list, newest first; pruning
+        Index(None, "provider", "received_at"),  # events list --provider
+        Index(None, "operation_id"),  # the events of an operation
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
+    type: Mapped[str] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The bytes received, unchanged: a signature is over them, and a JSON column would re-encode them.
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # No foreign key: operations and events are pruned on retentions of their own.
+    operation_id: Mapped[str | None] = mapped_column(String(36))
+    relation: Mapped[str | None] = mapped_column(String(16))  # confirms | contradicts

@@ -1,0 +1,1 @@
+"""Inbound webhooks: verified, stored, handled on the queue."""
