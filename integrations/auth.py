@@ -21,7 +21,7 @@ _REFERENCE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-def _reference(value: str) -> str:
+def secret_reference(value: str) -> str:
     if not _REFERENCE.match(value):
         raise ValueError(
             "must reference the secret, not contain it: write 'env:NAME' (an environment variable of the "
@@ -35,7 +35,7 @@ class _Auth(BaseModel):
 
     secret: str
 
-    _check_secret = field_validator("secret")(_reference)
+    _check_secret = field_validator("secret")(secret_reference)
 
 
 class BearerAuth(_Auth):
@@ -80,7 +80,7 @@ class _OAuth2(BaseModel):
     @field_validator("client_secret")
     @classmethod
     def _secret(cls, value: str | None) -> str | None:
-        return None if value is None else _reference(value)
+        return None if value is None else secret_reference(value)
 
 
 class OAuth2ClientCredentials(_OAuth2):
@@ -96,7 +96,7 @@ class OAuth2RefreshToken(_OAuth2):
     type: Literal["oauth2_refresh_token"]
     refresh_token: str
 
-    _check_refresh_token = field_validator("refresh_token")(_reference)
+    _check_refresh_token = field_validator("refresh_token")(secret_reference)
 
 
 OAuth2 = OAuth2ClientCredentials | OAuth2RefreshToken

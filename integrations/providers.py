@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from integrations.auth import AuthSettings
 from integrations.errors import ConfigError
+from integrations.webhooks.settings import WebhookSettings
 
 # The longest delay the code hands to the broker as a countdown. A message held by a worker for an ETA
 # must come back before the Redis transport's visibility_timeout, or Redis redelivers it; config/celery_app.py
@@ -145,6 +146,7 @@ class ProviderSettings(_Section):
     auth: AuthSettings | None = None
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
+    webhooks: WebhookSettings | None = None
 
     @property
     def capacity(self) -> int | None:
