@@ -17,8 +17,9 @@ import redis
 
 from integrations import metrics
 from integrations.ledger import stats
+from integrations.ledger.engine import Clock, utcnow
 from integrations.ledger.models import OperationStatus
-from integrations.ledger.store import Clock, Ledger, utcnow
+from integrations.ledger.store import Ledger
 from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import BreakerState, SharedBreaker
 from integrations.resilience.throttle import Throttle

@@ -30,10 +30,11 @@ from integrations.adapters.base import Adapter
 from integrations.adapters.message_rules import redact_credentials
 from integrations.errors import ErrorInfo, ErrorType, InvalidRequest, LedgerUnavailable
 from integrations.guard import Attempt, Guard, GuardChain
+from integrations.ledger.engine import Clock, utcnow
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.rows import storable
-from integrations.ledger.store import Clock, Ledger, utcnow
+from integrations.ledger.store import Ledger
 from integrations.message import MAX_INVALID_MESSAGE, Delivery, Request, parse_request, payload_problem
 from integrations.metrics import Metrics
 from integrations.outcome import Defer, Done, Failed, Outcome, WaitReason, poll_delay

@@ -20,7 +20,8 @@ from integrations.adapters.registry import resolve
 from integrations.auth import Credentials, OAuth2ClientCredentials, OAuth2RefreshToken, static_credentials
 from integrations.errors import ConfigError
 from integrations.guard import Guard
-from integrations.ledger.store import Clock, Ledger, utcnow
+from integrations.ledger.engine import Clock, utcnow
+from integrations.ledger.store import Ledger
 from integrations.metrics import Metrics
 from integrations.oauth import SharedOAuth2Token
 from integrations.pipeline import OperationRunner

@@ -20,9 +20,10 @@ from integrations.adapters.base import Adapter
 from integrations.batch import BatchItem
 from integrations.errors import ErrorInfo, ErrorType, LedgerUnavailable, OperationError, last_attempt_lost
 from integrations.guard import Attempt, GuardChain
+from integrations.ledger.engine import Clock
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import Items, ItemStatus, OperationRecord, dump_items
-from integrations.ledger.store import Clock, Ledger
+from integrations.ledger.store import Ledger
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry, WaitReason, poll_delay
 from integrations.providers import MAX_COUNTDOWN
 from integrations.resilience.retry import GiveUp, RetryPolicy

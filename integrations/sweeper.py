@@ -19,8 +19,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 
+from integrations.ledger.engine import Clock, utcnow
 from integrations.ledger.records import OperationRecord
-from integrations.ledger.store import Clock, Ledger, utcnow
+from integrations.ledger.store import Ledger
 
 log = logging.getLogger("integrations.sweeper")
 

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Self
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from integrations.errors import LedgerUnavailable
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def database_url(url: str) -> str:
@@ -34,3 +52,47 @@ def create_ledger_engine(url: str) -> Engine:
     # No pre-ping (a round trip per checkout): a dropped connection fails one statement, which the
     # pipeline treats as a ledger outage and retries; SQLAlchemy replaces the connection meanwhile.
     return create_engine(url, pool_recycle=1800)
+
+
+class Database:
+    """The ledger's database as the stores on it use it (the operations' ``Ledger``, the webhooks'
+    ``EventStore``): statements that commit by themselves, transactions for writes that go together, and
+    an unreachable database (or one without the schema) raised as ``LedgerUnavailable``."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        # Every write is one statement, so each commits by itself: no BEGIN/COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.clock = clock
+
+    @classmethod
+    def connect(cls, url: str, *, clock: Clock = utcnow) -> Self:
+        return cls(create_ledger_engine(url), clock=clock)
+
+    @property
+    def where(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A connection whose every statement commits by itself."""
+        with self._reached(), self._autocommit.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A connection in one transaction, committed at the end: for writes that go together."""
+        with self._reached(), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _reached(self) -> Iterator[None]:
+        try:
+            yield
+        except (OperationalError, InterfaceError, ProgrammingError, DisconnectionError, PoolTimeout) as exc:
+            # The database cannot be reached or lacks the schema: worth waiting for. Other errors (bad
+            # data) are not, and go up to the caller (the pipeline ends the operation after a few tries).
+            raise LedgerUnavailable(
+                f"ledger at {self.where}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
+                "(is the database up, and has `integrations db upgrade` been run?)"
+            ) from exc

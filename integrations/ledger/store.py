@@ -11,14 +11,12 @@ Beside the operations, the ledger's database keeps the operators' actions (``ope
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    Engine,
     Select,
     Table,
     and_,
@@ -31,16 +29,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
-    DisconnectionError,
     IntegrityError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
 )
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from integrations.errors import ErrorInfo, LedgerUnavailable
-from integrations.ledger.engine import create_ledger_engine
+from integrations.errors import ErrorInfo
+from integrations.ledger.engine import Database
 from integrations.ledger.models import ENDED_BADLY, OperationStatus, OperatorAction
 from integrations.ledger.records import (
     ActionRecord,
@@ -65,58 +58,14 @@ from integrations.ledger.rows import (
     with_entry,
 )
 
-Clock = Callable[[], datetime]
-
 actions = cast(Table, OperatorAction.__table__)
 
 # Put back by ``restore`` from the row as it is, not as it was: counted since, by statements of their own.
 _KEPT_BY_RESTORE = frozenset({"id", "conflicts", "last_conflict_at"})
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Ledger:
+class Ledger(Database):
     """The operation ledger on one SQLAlchemy engine."""
-
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
-        self.engine = engine
-        # Every write is one statement, so each commits by itself: no BEGIN/COMMIT round trips.
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.clock = clock
-
-    @classmethod
-    def connect(cls, url: str, *, clock: Clock = utcnow) -> Ledger:
-        return cls(create_ledger_engine(url), clock=clock)
-
-    @property
-    def where(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
-
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        """A connection whose every statement commits by itself."""
-        with self._reached(), self._autocommit.connect() as connection:
-            yield connection
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        """A connection in one transaction, committed at the end: for writes that go together."""
-        with self._reached(), self.engine.begin() as connection:
-            yield connection
-
-    @contextmanager
-    def _reached(self) -> Iterator[None]:
-        try:
-            yield
-        except (OperationalError, InterfaceError, ProgrammingError, DisconnectionError, PoolTimeout) as exc:
-            # The database cannot be reached or lacks the schema: worth waiting for. Other errors (bad
-            # data) are not, and go up to the pipeline, which ends the operation after a few tries.
-            raise LedgerUnavailable(
-                f"ledger at {self.where}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
-                "(is the database up, and has `integrations db upgrade` been run?)"
-            ) from exc
 
     # -- reads -----------------------------------------------------------------------------------
 

@@ -17,31 +17,20 @@ from __future__ import annotations
 import base64
 import builtins
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Engine, Insert, Table, delete, select, update
+from sqlalchemy import Insert, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import (
-    DisconnectionError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from integrations.errors import ErrorInfo, LedgerUnavailable
-from integrations.ledger.engine import create_ledger_engine
+from integrations.ledger.engine import Database
 from integrations.ledger.models import MAX_KEY_LENGTH, WebhookEvent
 from integrations.ledger.rows import storable
-
-Clock = Callable[[], datetime]
 
 events = cast(Table, WebhookEvent.__table__)
 
@@ -55,10 +44,6 @@ MAX_TYPE_LENGTH = 255
 
 # Every column but the body: what listings read.
 _LISTED = tuple(column for column in events.columns if column.name != "body")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class EventStatus(StrEnum):
@@ -158,33 +143,8 @@ def _checked_name(provider: str, what: str, value: str, longest: int) -> str:
     return value
 
 
-class EventStore:
+class EventStore(Database):
     """The inbound webhook events, in the ledger's database (table ``webhook_events``)."""
-
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
-        self.engine = engine
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.clock = clock
-
-    @classmethod
-    def connect(cls, url: str, *, clock: Clock = utcnow) -> EventStore:
-        return cls(create_ledger_engine(url), clock=clock)
-
-    @property
-    def where(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
-
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        """A connection whose every statement commits by itself."""
-        try:
-            with self._autocommit.connect() as connection:
-                yield connection
-        except (OperationalError, InterfaceError, ProgrammingError, DisconnectionError, PoolTimeout) as exc:
-            raise LedgerUnavailable(
-                f"ledger at {self.where}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
-                "(is the database up, and has `integrations db upgrade` been run?)"
-            ) from exc
 
     # -- writes ----------------------------------------------------------------------------------
 
