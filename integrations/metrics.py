@@ -13,10 +13,12 @@ only (``integrations metrics serve --no-fleet`` on the others).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,7 @@ RATE_LIMIT_USAGE = "integrations_rate_limit_usage_ratio"
 DEAD_LETTERS = "integrations_dead_letters"
 QUEUE_DEPTH = "integrations_queue_depth"
 OVERDUE_SECONDS = "integrations_overdue_seconds"
+WEBHOOKS_RECEIVED_TOTAL = "integrations_webhooks_received_total"
 
 SERVED = (
     OPERATIONS_TOTAL,
@@ -53,10 +56,13 @@ SERVED = (
     DEAD_LETTERS,
     QUEUE_DEPTH,
     OVERDUE_SECONDS,
+    WEBHOOKS_RECEIVED_TOTAL,
 )
 
 # Provider calls last from milliseconds to the longest timeout (300 s, cut at 3 x timeout).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+log = logging.getLogger("integrations.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -111,6 +117,12 @@ class _Instruments:
             ["provider", "source"],
             multiprocess_mode="mostrecent",
         )
+        self.webhooks: Counter = Counter(
+            _stem(WEBHOOKS_RECEIVED_TOTAL),
+            "Webhook deliveries received, by result: accepted, duplicate, or why they were refused "
+            "(bad_signature, stale, too_large, invalid, unknown_provider).",
+            ["provider", "type", "result"],
+        )
 
 
 @cache
@@ -129,6 +141,14 @@ class Metrics:
         return None
 
     def observe(self, attempt: Attempt, observation: Observation) -> None:
+        with _never_failing("an attempt"):
+            self._observe(attempt, observation)
+
+    def delivered(self, provider: ProviderSettings, operation: str, outcome: Outcome) -> None:
+        with _never_failing("a delivery"):
+            self._delivered(provider, operation, outcome)
+
+    def _observe(self, attempt: Attempt, observation: Observation) -> None:
         meters = _instruments()
         provider, operation = attempt.provider, attempt.operation
         error = observation.error
@@ -141,12 +161,36 @@ class Metrics:
         if state is not None and state.usage is not None:
             meters.quota.labels(provider.name, "quota").set(state.usage)
 
-    def delivered(self, provider: ProviderSettings, operation: str, outcome: Outcome) -> None:
+    def _delivered(self, provider: ProviderSettings, operation: str, outcome: Outcome) -> None:
         meters = _instruments()
         if isinstance(outcome, Defer):
             meters.deferrals.labels(provider.name, outcome.reason.value).inc()
         elif not isinstance(outcome, Retry):  # a retry's attempt is counted by ``observe``
             meters.operations.labels(provider.name, operation, ended_as(outcome)).inc()
+
+
+@contextmanager
+def _never_failing(what: str) -> Iterator[None]:
+    """Counting must never change an operation's course (a metrics folder that cannot be written, say):
+    the failure is logged, once per process, and the attempt goes on as if counted."""
+    global _failure_logged
+    try:
+        yield
+    except Exception:
+        if not _failure_logged:
+            _failure_logged = True
+            log.exception("metrics: %s could not be counted (further failures are not logged)", what)
+
+
+_failure_logged = False
+
+
+def webhook_received(provider: str, event_type: str, result: str) -> None:
+    """Count a webhook delivery: ``provider`` and ``event_type`` empty when not known to be authentic (a
+    refused delivery's type, the name of a provider with no webhooks), so no sender can make new series.
+    Counting never changes the receiver's answer."""
+    with _never_failing("a webhook delivery"):
+        _instruments().webhooks.labels(provider, event_type, result).inc()
 
 
 def ended_as(outcome: Done | Failed) -> str:
