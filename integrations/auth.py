@@ -112,7 +112,7 @@ def resolve_secret(reference: str, where: str) -> str:
         value = os.environ.get(name)
         if not value:
             raise ConfigError(
-                f"{where}: environment variable {name} is not set on this worker; set it, or change the reference"
+                f"{where}: environment variable {name} is not set where this runs; set it, or change the reference"
             )
     else:
         try:

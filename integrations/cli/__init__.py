@@ -17,6 +17,7 @@ from integrations.cli.events import events
 from integrations.cli.fleet import metrics_group, status_command
 from integrations.cli.ledger import db, dlq, ops
 from integrations.cli.providers import breaker, limits, providers_command
+from integrations.cli.webhooks import webhooks
 
 __all__ = ["OperatorContext", "build_cli"]
 
@@ -35,6 +36,7 @@ def build_cli(context: Callable[[], OperatorContext], *extra: click.Command) -> 
             limits,
             audit,
             events,
+            webhooks,
             providers_command,
             status_command,
             metrics_group,

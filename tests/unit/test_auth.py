@@ -42,7 +42,7 @@ def test_a_secret_from_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("reference", "expected"),
     [
-        ("env:ACME_MISSING_KEY", "environment variable ACME_MISSING_KEY is not set on this worker"),
+        ("env:ACME_MISSING_KEY", "environment variable ACME_MISSING_KEY is not set where this runs"),
         ("file:/nonexistent/acme.key", "cannot read the secret file /nonexistent/acme.key"),
     ],
 )
@@ -69,7 +69,7 @@ def test_a_worker_s_check_names_every_secret_it_cannot_have_with_the_file(
         check_secrets("crm", crm.auth, source="/etc/integrations/providers.toml")
     assert str(caught.value).splitlines() == [
         "/etc/integrations/providers.toml: [providers.crm.auth] key 'client_secret': environment variable "
-        "CRM_CLIENT_SECRET is not set on this worker; set it, or change the reference",
+        "CRM_CLIENT_SECRET is not set where this runs; set it, or change the reference",
         "/etc/integrations/providers.toml: [providers.crm.auth] key 'refresh_token': cannot read the secret "
         "file /nonexistent/crm.token: No such file or directory",
     ]

@@ -24,6 +24,7 @@ from integrations.errors import ErrorType
 from integrations.ledger.models import OperationStatus
 from integrations.metrics import ATTEMPT_DURATION, SERVED
 from integrations.outcome import WaitReason
+from integrations.webhooks.receiver import Received
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "config" / "prometheus"
@@ -55,7 +56,10 @@ LABEL_VALUES: dict[str, frozenset[str] | None] = {
     "le": None,
     "instance": None,
     "job": None,
-    "result": frozenset({"succeeded", *(error.value for error in ErrorType)}),
+    "type": None,
+    "result": frozenset(
+        {"succeeded", *(error.value for error in ErrorType), *(result.value for result in Received)}
+    ),
     "outcome": frozenset(
         {
             *(status.value for status in OperationStatus if status.terminal),

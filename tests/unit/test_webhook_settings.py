@@ -179,7 +179,7 @@ def test_every_secret_that_cannot_be_had_is_named_with_the_file(monkeypatch: pyt
         resolve_keys("acme", settings, source="/etc/integrations/providers.toml")
     assert str(refused.value).splitlines() == [
         "/etc/integrations/providers.toml: [providers.acme.webhooks] key 'secrets.1': environment variable "
-        "ACME_HOOK_MISSING is not set on this worker; set it, or change the reference",
+        "ACME_HOOK_MISSING is not set where this runs; set it, or change the reference",
         "/etc/integrations/providers.toml: [providers.acme.webhooks] key 'secrets.2': the secret "
         "env:ACME_HOOK_GARBLED is not base64 after 'whsec_': copy it again from the provider",
         "/etc/integrations/providers.toml: [providers.acme.webhooks] key 'secrets.3': cannot read the secret "
