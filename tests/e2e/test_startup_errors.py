@@ -51,8 +51,8 @@ CASES = {
     "missing secret": Case(
         GOOD + '[providers.acme.auth]\ntype = "bearer"\nsecret = "env:ACME_KEY_NOT_SET"\n',
         [
-            "{file}: [providers.acme.auth] key 'secret': environment variable ACME_KEY_NOT_SET is not set on "
-            "this worker; set it, or change the reference"
+            "{file}: [providers.acme.auth] key 'secret': environment variable ACME_KEY_NOT_SET is not set "
+            "where this runs; set it, or change the reference"
         ],
     ),
     "unmigrated ledger": Case(
