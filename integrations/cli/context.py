@@ -63,3 +63,13 @@ def open_ledger() -> Ledger:
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def one_reference(reference: tuple[str, ...], provider: str | None, usage: str) -> tuple[str | None, str]:
+    """``(provider, key)`` from a command's ``ID``, ``KEY --provider P`` or ``P KEY`` arguments (provider
+    ``None`` for a bare ID); anything else is a usage error saying ``usage``."""
+    if not reference or len(reference) > 2 or (len(reference) == 2 and provider is not None):
+        raise click.UsageError(usage)
+    if len(reference) == 2:
+        return reference[0], reference[1]
+    return provider, reference[0]

@@ -10,7 +10,7 @@ from datetime import datetime
 import click
 
 from integrations.cli.audit import SINCE
-from integrations.cli.context import current, print_json, user_errors
+from integrations.cli.context import current, one_reference, print_json, user_errors
 from integrations.webhooks.store import EventRecord, EventStatus, EventStore, body_text
 
 
@@ -109,15 +109,12 @@ def events_show(reference: tuple[str, ...], provider: str | None, as_json: bool)
 def _find(reference: tuple[str, ...], provider: str | None) -> EventRecord:
     """The event ``events show`` names: ``(ID,)``, ``(EVENT_ID,)`` with ``provider``, or
     ``(PROVIDER, EVENT_ID)``."""
-    if len(reference) > 2 or (len(reference) == 2 and provider is not None):
-        raise click.UsageError(
-            "name one event: `events show ID` (as `events list` shows it), `events show EVENT_ID "
-            "--provider P` or `events show P EVENT_ID`"
-        )
-    if len(reference) == 2:
-        provider, key = reference
-    else:
-        [key] = reference
+    provider, key = one_reference(
+        reference,
+        provider,
+        "name one event: `events show ID` (as `events list` shows it), `events show EVENT_ID "
+        "--provider P` or `events show P EVENT_ID`",
+    )
     store = _store()
     with user_errors():
         record = store.get(key) if provider is None else store.find(provider, key)

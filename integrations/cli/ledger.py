@@ -12,7 +12,7 @@ from rich.table import Table
 
 from integrations import batch
 from integrations.cli.audit import DURATION, SINCE, audited, record_action
-from integrations.cli.context import console, current, open_ledger, print_json, user_errors
+from integrations.cli.context import console, current, one_reference, open_ledger, print_json, user_errors
 from integrations.errors import ConfigError, ErrorType
 from integrations.ledger import schema
 from integrations.ledger.models import OperationStatus
@@ -97,15 +97,12 @@ def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) ->
 
 def _find(reference: tuple[str, ...], provider: str | None) -> OperationRecord:
     """The operation ``ops show`` names: ``(ID,)``, ``(KEY,)`` with ``provider``, or ``(PROVIDER, KEY)``."""
-    if len(reference) > 2 or (len(reference) == 2 and provider is not None):
-        raise click.UsageError(
-            "name one operation: `ops show ID` (operation id or Celery task id), `ops show KEY --provider P` "
-            "or `ops show P KEY`"
-        )
-    if len(reference) == 2:
-        provider, key = reference
-    else:
-        [key] = reference
+    provider, key = one_reference(
+        reference,
+        provider,
+        "name one operation: `ops show ID` (operation id or Celery task id), `ops show KEY --provider P` "
+        "or `ops show P KEY`",
+    )
     ledger = open_ledger()
     with user_errors():
         if provider is not None:
