@@ -76,6 +76,7 @@ RUNBOOK_SECTIONS = (
     "A provider rate-limits us",
     "Dead letters grow",
     "Operations wait too long",
+    "Webhooks stop arriving",
 )
 SEVERITIES = ("warning", "critical")
 
