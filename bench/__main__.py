@@ -1,34 +1,26 @@
 """`make bench`: the four benchmarks of the cluster-wide breaker and throttle, each beside a baseline
-measured in the same run on this machine. `python -m bench [rate|outage|overhead|isolation]` runs one."""
+measured in the same run on this machine, and the webhook receiver beside a bare endpoint.
+`python -m bench [rate|outage|overhead|isolation|receiver]` runs some."""
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from statistics import median
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import bench, wait_all
+from bench.harness import Row, bench, wait_all
+from bench.receiver import receiver
 
 console = Console(width=170)
 WORKERS = 4
-
-
-@dataclass
-class Row:
-    name: str
-    figure: str
-    ours: float
-    baseline: float
-    baseline_name: str
-    verdict: str
-    notes: str = ""
 
 
 def _rate(calls: list[float]) -> float:
@@ -214,7 +206,13 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "outage": outage,
     "overhead": overhead,
     "isolation": isolation,
+    "receiver": lambda: _in_folder(receiver),
 }
+
+
+def _in_folder(benchmark: Callable[[Path], list[Row]]) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="integrations-bench-") as folder:
+        return benchmark(Path(folder))
 
 
 def main(argv: list[str]) -> int:

@@ -24,6 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
+class Row:
+    name: str
+    figure: str
+    ours: float
+    baseline: float
+    baseline_name: str
+    verdict: str
+    notes: str = ""
+
+
+@dataclass
 class Bench:
     folder: Path
     redis_url: str
