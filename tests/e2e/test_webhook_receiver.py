@@ -222,6 +222,10 @@ def test_the_same_delivery_200_times_at_once_is_stored_once_and_answered_alike(s
     assert [record.event_id for record in events_of(server)].count(event_id) == 1
 
 
+# Ten thousand forged or stale deliveries, none stored (about 9 s on two cores).
+FORGED = 10_000
+
+
 def test_forged_and_stale_deliveries_store_nothing(server: Server) -> None:
     before = events_of(server)
     stranger = "whsec_" + uuid.uuid4().hex
@@ -242,17 +246,20 @@ def test_forged_and_stale_deliveries_store_nothing(server: Server) -> None:
             return "stripe", body, stripe_headers(body, STRIPE_NEW, at=time.time() + 3600), 400
         return "billing", body, standard_headers(event_id, body, key=os.urandom(24)), 401
 
-    deliveries = [forged(number) for number in range(300)]
-    session = requests.Session()
-    statuses = [
-        (
-            session.post(
-                f"{server.url}/webhooks/{provider}", data=body, headers=headers, timeout=10
-            ).status_code,
-            want,
+    deliveries = [forged(number) for number in range(FORGED)]
+    local = threading.local()
+
+    def send(delivery: tuple[str, bytes, dict[str, str], int]) -> tuple[int, int]:
+        provider, body, headers, want = delivery
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        answer = local.session.post(
+            f"{server.url}/webhooks/{provider}", data=body, headers=headers, timeout=30
         )
-        for provider, body, headers, want in deliveries
-    ]
+        return answer.status_code, want
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(send, deliveries))
 
     assert [got for got, _ in statuses] == [want for _, want in statuses]
     assert events_of(server) == before
