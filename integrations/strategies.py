@@ -21,7 +21,7 @@ from integrations.batch import BatchItem
 from integrations.errors import ErrorInfo, ErrorType, LedgerUnavailable, OperationError, last_attempt_lost
 from integrations.guard import Attempt, GuardChain
 from integrations.ledger.engine import Clock
-from integrations.ledger.models import OperationStatus
+from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
 from integrations.ledger.records import Items, ItemStatus, OperationRecord, dump_items
 from integrations.ledger.store import Ledger
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry, WaitReason, poll_delay
@@ -100,7 +100,9 @@ class Single:
         )
         if error is None:
             assert reply is not None
-            return self.recorder.succeeded(claimed, reply.model.model_dump(mode="json", by_alias=True))
+            response = reply.model.model_dump(mode="json", by_alias=True)
+            reference = reference_of(self.adapter, claimed, response)
+            return self.recorder.succeeded(claimed, response, reference)
         if error.error_type is ErrorType.CONTRACT_VIOLATION:
             log_contract_violation(claimed, error)
         verdict = self.policy.after(error, claimed.attempts, claimed.where)
@@ -238,8 +240,8 @@ class Recorder:
                 self.sleep(wait)
                 wait = min(wait * 2, FINISH_RETRY_LONGEST)
 
-    def succeeded(self, claimed: OperationRecord, response: Any) -> Outcome:
-        finished = self._finish(claimed, OperationStatus.SUCCEEDED, response=response)
+    def succeeded(self, claimed: OperationRecord, response: Any, reference: str | None = None) -> Outcome:
+        finished = self._finish(claimed, OperationStatus.SUCCEEDED, response=response, reference=reference)
         if finished is None:
             return self.taken_over(claimed)
         log.info(
@@ -346,6 +348,35 @@ class Recorder:
                 "duration_ms": None if duration is None else round(duration, 1),
             }
         }
+
+
+def reference_of(adapter: Adapter, record: OperationRecord, response: Any) -> str | None:
+    """The adapter's ``reference`` for the succeeded ``record``: ``None``, logged, if the adapter fails
+    or gives something the ledger cannot keep, so the success is recorded all the same."""
+    try:
+        reference = adapter.reference(record.operation, response)
+    except Exception as exc:
+        log.error(
+            "%s key=%s operation_id=%s: the adapter's reference() raised %s; the success is recorded "
+            "without a reference",
+            record.where,
+            record.idempotency_key,
+            record.id,
+            type(exc).__name__,
+        )
+        return None
+    if reference is None or (isinstance(reference, str) and 0 < len(reference) <= MAX_KEY_LENGTH):
+        return reference
+    log.error(
+        "%s key=%s operation_id=%s: the adapter's reference() gave a %s, not 1 to %d characters; the "
+        "success is recorded without a reference",
+        record.where,
+        record.idempotency_key,
+        record.id,
+        type(reference).__name__,
+        MAX_KEY_LENGTH,
+    )
+    return None
 
 
 def log_contract_violation(record: OperationRecord, error: OperationError) -> None:

@@ -33,6 +33,7 @@ from integrations.errors import (
 )
 from integrations.ledger.models import MAX_KEY_LENGTH
 from integrations.providers import ProviderSettings
+from integrations.webhooks.events import Event, EventLink
 
 
 @dataclass(frozen=True)
@@ -320,6 +321,23 @@ class Adapter:
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
         """Map a non-success answer to an error; ``None`` means success. Adapters refine this."""
         return classify_http_response(self.where(operation), response)
+
+    def reference(self, operation: str, response: Any) -> str | None:
+        """The provider's id of what the single operation ``operation`` made, read from its succeeded
+        ``response`` (the response model as JSON, as the ledger keeps it): Stripe's PaymentIntent id.
+        The ledger keeps it with the success, and an inbound event that names only that object finds
+        the operation by it (``event_link``). ``None`` (the default): the answer names nothing that
+        events will name. At most 255 characters; anything else, or an exception, is logged and dropped,
+        never failing an operation that succeeded."""
+        return None
+
+    def event_link(self, event: Event) -> EventLink | None:
+        """The operation of this project that the webhook ``event`` confirms or contradicts, as the
+        event's body names it: by the idempotency key the operation was sent with, or by the provider's
+        id of what it made (the ``reference`` above); ``None`` (the default) if the event is about no
+        operation this adapter sends. Called on the queue for every stored event of the provider, with
+        bodies the adapter may not know: anything unexpected is ``None``, never an exception."""
+        return None
 
     def parse_response(self, spec: OperationSpec, response: requests.Response) -> BaseModel:
         """Parse a success into the operation's response model; a mismatch is a contract violation."""

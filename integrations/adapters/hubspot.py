@@ -25,6 +25,9 @@ from integrations.adapters.answers import answer_mismatch, response_body
 from integrations.adapters.base import Adapter, HttpCall, batch_operation
 from integrations.batch import BatchItem, ItemResult
 from integrations.errors import ContractViolation, OperationError, ProviderRejected, TransientError
+from integrations.ledger.models import MAX_KEY_LENGTH
+from integrations.webhooks.events import Event, EventLink
+from integrations.webhooks.store import Relation
 
 MAX_INPUTS = 100
 # Categories that say the input itself is wrong: sending it again cannot help.
@@ -116,6 +119,29 @@ class HubSpotAdapter(Adapter):
             body = item.value.model_dump(mode="json", exclude_none=True)
             inputs.append(body | {"objectWriteTraceId": item.key})
         return HttpCall("POST", "/crm/v3/objects/contacts/batch/create", json={"inputs": inputs})
+
+    def reference(self, operation: str, response: Any) -> str | None:
+        """A created contact's id (``SimplePublicObject.id``). Only single operations are given a
+        reference; ``batch_create_contacts`` makes many contacts, and keeps each id in its item."""
+        found = response.get("id") if isinstance(response, dict) else None
+        return found if isinstance(found, str) and 0 < len(found) <= MAX_KEY_LENGTH else None
+
+    def event_link(self, event: Event) -> EventLink | None:
+        """``contact.creation`` confirms the operation that created the contact, found by the contact's
+        id (``objectId``). A webhook body is a list of events; the receiver stores it as one event named
+        by the first (its ``eventId``), so the first is the one read here. A body that is a single event
+        object is read as well."""
+        payload = event.payload
+        first = payload[0] if isinstance(payload, list) and payload else payload
+        if not isinstance(first, dict) or first.get("subscriptionType") != "contact.creation":
+            return None
+        contact = first.get("objectId")
+        if isinstance(contact, bool) or not isinstance(contact, int | str) or contact == "":
+            return None
+        reference = str(contact)
+        if len(reference) > MAX_KEY_LENGTH:
+            return None
+        return EventLink(Relation.CONFIRMS, reference=reference)
 
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
         """The base classification with HubSpot's words (its ``category`` and ``message`` name the property

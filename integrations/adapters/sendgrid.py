@@ -18,12 +18,23 @@ from integrations.adapters.answers import response_body
 from integrations.adapters.base import Adapter, HttpCall, OperationSpec, Reply, operation
 from integrations.adapters.sendgrid_mail import IDEMPOTENCY_ARG, MailSendResponse, SendMail
 from integrations.errors import ContractViolation, ErrorType, OperationError
+from integrations.ledger.models import MAX_KEY_LENGTH
 from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
+from integrations.webhooks.events import Event, EventLink
+from integrations.webhooks.store import Relation
 
 log = logging.getLogger("integrations.adapters.sendgrid")
 
 # SendGrid's own error messages quoted in ours; the whole body is in the ledger.
 MAX_QUOTED_ERRORS = 10
+
+# The Event Webhook's delivery events that say whether a message reached the recipient's server
+# (https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event).
+DELIVERY_EVENTS = {
+    "delivered": Relation.CONFIRMS,
+    "bounce": Relation.CONTRADICTS,
+    "dropped": Relation.CONTRADICTS,
+}
 
 
 class SendGridAdapter(Adapter):
@@ -45,6 +56,27 @@ class SendGridAdapter(Adapter):
             custom_args = (payload.custom_args or {}) | {IDEMPOTENCY_ARG: idempotency_key}
             payload = payload.model_copy(update={"custom_args": custom_args})
         return super().call(operation, payload, idempotency_key=idempotency_key, request_id=request_id)
+
+    def event_link(self, event: Event) -> EventLink | None:
+        """``delivered`` confirms, ``bounce`` and ``dropped`` contradict, the ``send_mail`` whose
+        idempotency key the event carries among its custom arguments (SendGrid adds them to each event
+        as fields of its own; older accounts nest them in ``unique_args``).
+
+        An Event Webhook body is a list of events, of any messages and types; the receiver stores it as
+        one event named by the first (its ``sg_event_id``), so the first is the one read here. A body
+        that is a single event object is read as well."""
+        payload = event.payload
+        first = payload[0] if isinstance(payload, list) and payload else payload
+        if not isinstance(first, dict):
+            return None
+        relation = DELIVERY_EVENTS.get(str(first.get("event")))
+        key = first.get(IDEMPOTENCY_ARG)
+        nested = first.get("unique_args")
+        if key is None and isinstance(nested, dict):
+            key = nested.get(IDEMPOTENCY_ARG)
+        if relation is None or not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+            return None
+        return EventLink(relation, idempotency_key=key)
 
     def classify(self, operation: str, response: requests.Response) -> OperationError | None:
         """The base classification in SendGrid's words, quoting its ``errors`` (field: message), with what

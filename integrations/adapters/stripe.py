@@ -34,9 +34,19 @@ from integrations.errors import (
     ProviderRejected,
     TransientError,
 )
+from integrations.ledger.models import MAX_KEY_LENGTH
+from integrations.webhooks.events import Event, EventLink
+from integrations.webhooks.store import Relation
 
 # An API key as Stripe writes one, masked or not (an answer to a bad key quotes it masked).
 _API_KEY = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[0-9A-Za-z*]+")
+
+# The PaymentIntent events that say how the payment went: it succeeded, or the attempt failed.
+# (https://docs.stripe.com/api/events/types; the event's ``data.object`` is the PaymentIntent.)
+PAYMENT_INTENT_EVENTS = {
+    "payment_intent.succeeded": Relation.CONFIRMS,
+    "payment_intent.payment_failed": Relation.CONTRADICTS,
+}
 
 
 def form_encode(params: Mapping[str, Any]) -> dict[str, str]:
@@ -154,6 +164,24 @@ class StripeAdapter(Adapter):
     def create_refund(self, payload: CreateRefund) -> HttpCall:
         return self._post("/v1/refunds", payload)
 
+    def reference(self, operation: str, response: Any) -> str | None:
+        """The created object's id: the PaymentIntent's ``pi_…``, the Refund's ``re_…``."""
+        return _object_id(response)
+
+    def event_link(self, event: Event) -> EventLink | None:
+        """``payment_intent.succeeded`` confirms, ``payment_intent.payment_failed`` contradicts, the
+        operation that created the PaymentIntent, found by its id (``data.object.id``). The adapter puts
+        no idempotency key in a PaymentIntent's metadata, so the id is the only link."""
+        relation = PAYMENT_INTENT_EVENTS.get(event.type)
+        if relation is None or not isinstance(event.payload, dict):
+            return None
+        data = event.payload.get("data")
+        found = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(found, dict) or found.get("object", "payment_intent") != "payment_intent":
+            return None
+        reference = _object_id(found)
+        return EventLink(relation, reference=reference) if reference is not None else None
+
     def _post(self, path: str, payload: BaseModel) -> HttpCall:
         return HttpCall(
             method="POST",
@@ -244,6 +272,12 @@ def without_secrets(value: Any) -> Any:
     if isinstance(value, str):
         return _API_KEY.sub("[api key]", value)
     return value
+
+
+def _object_id(value: Any) -> str | None:
+    """The ``id`` of a Stripe object as JSON, if it has one the ledger can keep."""
+    found = value.get("id") if isinstance(value, dict) else None
+    return found if isinstance(found, str) and 0 < len(found) <= MAX_KEY_LENGTH else None
 
 
 def _error_detail(body: Any) -> _ErrorDetail | None:

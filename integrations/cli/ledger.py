@@ -30,6 +30,7 @@ from integrations.replay import (
 )
 from integrations.runtime import Runtime
 from integrations.sweeper import Sweeper
+from integrations.webhooks.store import EventRecord, EventStore
 
 # A replay by filter's audit entry names at most this many operation ids (and always how many went).
 MAX_IDS_RECORDED = 1000
@@ -60,13 +61,16 @@ def ops() -> None:
 @click.option("--provider", "-p", default=None, help="Provider the key belongs to (keys are per provider).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) -> None:
-    """Show an operation's ledger record, with the history of its attempts.
+    """Show an operation's ledger record, with the history of its attempts and the webhook events that
+    confirm or contradict it.
 
     By operation id or Celery task id (`ops show ID`), or by idempotency key and provider
     (`ops show KEY --provider acme`, or `ops show acme KEY`)."""
     record = _find(reference, provider)
+    with user_errors():
+        events = EventStore.connect(current().database_url).for_operation(record.id)
     if as_json:
-        print_json(record.to_json())
+        print_json(record.to_json() | {"events": [event.to_json() for event in events]})
         return
     shown = record.to_json()
     for name in ("items", "history", "last_conflict_at", "discarded_at", "discarded_by", "discard_reason"):
@@ -93,6 +97,7 @@ def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) ->
     _print_history(record)
     if record.items is not None:
         _print_items(record.items)
+    _print_events(events)
 
 
 def _find(reference: tuple[str, ...], provider: str | None) -> OperationRecord:
@@ -152,6 +157,20 @@ def _print_history(record: OperationRecord) -> None:
             error,
         )
     console.print(table)
+
+
+def _print_events(events: list[EventRecord]) -> None:
+    """The webhook events linked to the operation, oldest first, one plain line each (nothing is cut on a
+    narrow terminal): when it came, its type, how it stands to the operation, how its handling went, and
+    the id `events show` takes."""
+    if not events:
+        return
+    click.echo(f"events ({len(events)}): received (UTC), type, relation to it, status, id")
+    for event in events:
+        relation = event.relation.value if event.relation else "-"
+        click.echo(
+            f"  {_when(event.received_at)}  {event.type}  {relation}  {event.status.value}  {event.id}"
+        )
 
 
 def _print_items(states: Items) -> None:

@@ -88,6 +88,7 @@ class Operation(Base):
         Index(None, "created_at"),  # ops list, newest first
         Index(None, "task_id"),  # ops show by the Celery task id
         Index(None, "last_conflict_at"),  # ops conflicts
+        Index(None, "provider", "reference"),  # an inbound event's operation, by the object it made
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -131,6 +132,9 @@ class Operation(Base):
     discarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     discarded_by: Mapped[str | None] = mapped_column(String(255))
     discard_reason: Mapped[str | None] = mapped_column(Text)
+    # The provider's id of what a succeeded single operation made (a Stripe PaymentIntent's ``pi_…``), as
+    # its adapter reads it from the answer: how an inbound event that names only that object finds it.
+    reference: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
 
 
 class OperatorAction(Base):

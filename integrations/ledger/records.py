@@ -104,6 +104,9 @@ class OperationRecord:
     discarded_at: datetime | None = None
     discarded_by: str | None = None
     discard_reason: str | None = None
+    # The provider's id of what the operation made, when it succeeded and its adapter reads one from the
+    # answer (``Adapter.reference``): a Stripe PaymentIntent's ``pi_…``. Inbound events find it by this.
+    reference: str | None = None
 
     @property
     def discarded(self) -> bool:

@@ -100,6 +100,7 @@ def new_row(new: NewOperation, now: datetime) -> dict[str, Any]:
         "discarded_at": None,
         "discarded_by": None,
         "discard_reason": None,
+        "reference": None,
     }
 
 

@@ -75,6 +75,19 @@ class Ledger(Database):
             row = connection.execute(query).mappings().first()
         return record_of(row) if row else None
 
+    def find_by_reference(self, provider: str, reference: str) -> OperationRecord | None:
+        """The operation of ``provider`` whose success made the object ``reference`` (the provider's id of
+        it, as the adapter read it from the answer); the first one if several got the same object back."""
+        query = (
+            select(table)
+            .where(table.c.provider == provider, table.c.reference == reference)
+            .order_by(table.c.created_at, table.c.id)
+            .limit(1)
+        )
+        with self._begin() as connection:
+            row = connection.execute(query).mappings().first()
+        return record_of(row) if row else None
+
     def get(self, operation_id: str) -> OperationRecord | None:
         with self._begin() as connection:
             row = connection.execute(select(table).where(table.c.id == operation_id)).mappings().first()
@@ -304,11 +317,13 @@ class Ledger(Database):
         error: ErrorInfo | None = None,
         next_attempt_at: datetime | None = None,
         items: Items | None = None,
+        reference: str | None = None,
     ) -> OperationRecord | None:
         """End the attempt that ``record`` (as claimed) stands for; ``None`` if it was taken over. What the
         provider answered is kept with any NUL character replaced (see ``storable``). A running ``record``'s
         attempt joins its history in the same statement; ending a queued one (no attempt in flight) adds
-        none."""
+        none. ``reference``: the provider's id of what a succeeded operation made, written by the same
+        statement (``None`` leaves the column as it is)."""
         now = self.clock()
         stored_error = storable(error.model_dump(mode="json")) if error else None
         values: dict[str, Any] = {
@@ -324,6 +339,8 @@ class Ledger(Database):
         }
         if items is not None:
             values["items"] = storable(dump_items(items))
+        if reference is not None:
+            values["reference"] = reference
         if record.status is OperationStatus.RUNNING:
             entry = ended_attempt(record, now, status, stored_error, response)
             values["history"] = with_entry(record.history, entry)
