@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
 
+import redis
 import requests
 from sqlalchemy import func, select
 
@@ -26,6 +27,7 @@ from bench.harness import ROOT, Row
 from integrations.ledger import schema
 from integrations.ledger.engine import create_ledger_engine
 from integrations.ledger.models import WebhookEvent
+from integrations.testing.redis_server import redis_for
 
 SECRET = "whsec_bench_" + uuid.uuid4().hex
 PROVIDERS = """
@@ -119,6 +121,17 @@ def _stored(database: str, run: str) -> int:
 
 
 def receiver(folder: Path) -> list[Row]:
+    # The receiver publishes each event it stores, for workers to handle: to a Redis database of the
+    # benchmarks' own, flushed after (no worker runs here; the figure is the acknowledgement).
+    with redis_for(os.environ.get("REDIS_URL")) as (server_url, _private):
+        redis_url = server_url.rsplit("/", 1)[0] + "/11"
+        try:
+            return _receiver(folder, redis_url)
+        finally:
+            redis.Redis.from_url(redis_url).flushdb()
+
+
+def _receiver(folder: Path, redis_url: str) -> list[Row]:
     database = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{folder / 'webhooks.sqlite3'}"
     schema.upgrade(database)
     providers = folder / "webhook-providers.toml"
@@ -126,6 +139,7 @@ def receiver(folder: Path) -> list[Row]:
     env = dict(
         os.environ,
         DATABASE_URL=database,
+        REDIS_URL=redis_url,
         INTEGRATIONS_PROVIDERS_FILE=str(providers),
         BENCH_STRIPE_WEBHOOK_SECRET=SECRET,
         PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"),

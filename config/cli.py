@@ -21,12 +21,13 @@ from integrations.cli import OperatorContext, build_cli
 from integrations.cli.context import console, print_json, user_errors
 from integrations.providers import load_providers
 from tasks.demo import run_demo
-from tasks.enqueue import enqueue, resend
+from tasks.enqueue import enqueue, publish_event, resend
 from tasks.queues import BrokerQueues, QueueKind, QueueNames, inspect_broker
 
 
 def operator_context() -> OperatorContext:
-    """The settings from the environment, and Celery as the publisher of replayed operations."""
+    """The settings from the environment, and Celery as the publisher of replayed operations and of
+    webhook events' handling."""
     settings = Settings()
     return OperatorContext(
         database_url=settings.database_url,
@@ -38,6 +39,7 @@ def operator_context() -> OperatorContext:
         resend=resend,
         sweep_grace=settings.sweep_interval,
         queue_depths=lambda: {row.queue: row.messages for row in inspect_queues(settings).queues},
+        publish_event=publish_event,
     )
 
 

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     dead_letter_retention_days: float = Field(
         30.0, gt=0, validation_alias="INTEGRATIONS_DEAD_LETTER_RETENTION_DAYS"
     )
+    # How long inbound webhook events are kept: a delivery of one again within it is known as a duplicate.
+    webhook_retention_days: float = Field(7.0, gt=0, validation_alias="INTEGRATIONS_WEBHOOK_RETENTION_DAYS")
+    # Webhook event handlers outside any installed package: module:callable[,module:callable], each
+    # returning {(provider or "*", event type or "*"): handler} (integrations/webhooks/handling.py).
+    event_handlers: str = Field("", validation_alias="INTEGRATIONS_EVENT_HANDLERS")
 
     # How often beat runs the sweeper, which sends again what the broker dropped; an operation that had no
     # delivery for this long past its due time is swept (the grace), so a lost one goes again within two.
@@ -43,6 +48,10 @@ class Settings(BaseSettings):
     @property
     def retention(self) -> timedelta:
         return timedelta(days=self.retention_days)
+
+    @property
+    def webhook_retention(self) -> timedelta:
+        return timedelta(days=self.webhook_retention_days)
 
     @property
     def sweep_interval(self) -> timedelta:

@@ -41,6 +41,7 @@ class Runtime:
     retention: timedelta = timedelta(days=7)
     dead_letter_retention: timedelta = timedelta(days=30)
     sweep_grace: timedelta = timedelta(seconds=30)
+    webhook_retention: timedelta = timedelta(days=7)  # how long inbound webhook events are kept
     metrics: Metrics | None = None  # what the runners count, when the process keeps metrics
     pid: int = field(default_factory=os.getpid)
     _session: requests.Session | None = None

@@ -1,5 +1,5 @@
 """Sending an operation's message from our own side: ``integrations dlq replay``, the sweeper and
-``integrations.client.enqueue``."""
+``integrations.client.enqueue``; and a webhook event's: the receiver, the sweeper and ``events replay``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from celery import Celery
 
 from integrations.ledger.records import OperationRecord
 from integrations.providers import queue_name, task_name
+from tasks.events import event_task_name
 from tasks.operations import Summary
 
 
@@ -43,3 +44,24 @@ def resend(record: OperationRecord) -> str:
     from config.celery_app import app
 
     return send(app, record, record.task_id)
+
+
+def send_event(app: Celery, provider: str, event: str) -> str:
+    """Send the handling of ``provider``'s stored event ``event`` (the ledger's id) through ``app``;
+    returns the task id. The message names the event only: the task reads it from the ledger."""
+    kwargs = {"event": event}
+    result = app.send_task(
+        event_task_name(provider),
+        kwargs=kwargs,
+        queue=queue_name(provider),
+        argsrepr="()",
+        kwargsrepr=repr(kwargs),
+    )
+    return str(result.id)
+
+
+def publish_event(provider: str, event: str) -> str:
+    """Send the handling of a stored event through this deployment's app."""
+    from config.celery_app import app
+
+    return send_event(app, provider, event)

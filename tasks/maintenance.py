@@ -1,4 +1,5 @@
-"""Maintenance tasks, scheduled by Celery beat: the sweeper, and pruning the ledger past its retention."""
+"""Maintenance tasks, scheduled by Celery beat: the sweeper (operations and webhook events), and pruning
+the ledger past its retentions."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from integrations.errors import ErrorInfo, OperationFailed
 from integrations.ledger import stats
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import OperationRecord
+from integrations.resilience.retry import RetryPolicy
 from integrations.strategies import result
 from integrations.sweeper import Sweeper
-from tasks.enqueue import resend
+from integrations.webhooks.handling import sweep_events
+from tasks.enqueue import publish_event, resend
+from tasks.events import event_store
 from tasks.operations import runtime
 
 log = logging.getLogger("integrations.maintenance")
@@ -28,23 +32,34 @@ RESULTS_CHUNK = 500
 
 
 def prune_ledger() -> int:
-    """Delete ended operations past their retention; returns how many went."""
+    """Delete ended operations and webhook events past their retention; returns how many went."""
     current = runtime()
     deleted = current.ledger.prune(
         retention=current.retention, dead_letter_retention=current.dead_letter_retention
     )
     log.info("pruned %d ledger records past retention", deleted)
-    return deleted
+    events = event_store(current).prune(current.webhook_retention)
+    log.info("pruned %d webhook events past retention", events)
+    return deleted + events
 
 
 def sweep(task: Task) -> int:
-    """Send again the operations whose message the broker dropped, and store the results their callers
-    miss; returns how many operations were sent again."""
+    """Send again the operations and the webhook events whose message the broker dropped (or the receiver
+    could not publish), and store the results the operations' callers miss; returns how many operations
+    and events were sent again."""
     current = runtime()
     swept = Sweeper(current.ledger, resend, current.providers, current.sweep_grace).sweep()
     since = current.ledger.clock() - 2 * current.sweep_grace
     store_missing_results(task.app.backend, stats.ended_since(current.ledger, since))
-    return len(swept)
+    policies = {
+        name: RetryPolicy.of(provider.retry)
+        for name, provider in current.providers.items()
+        if provider.webhooks is not None
+    }
+    events = (
+        sweep_events(event_store(current), publish_event, policies, current.sweep_grace) if policies else []
+    )
+    return len(swept) + len(events)
 
 
 def store_missing_results(backend: Any, records: Sequence[OperationRecord]) -> int:

@@ -19,7 +19,9 @@ from integrations.ledger import schema
 from integrations.ledger.engine import create_ledger_engine
 from integrations.metrics import Metrics, metrics_dir
 from integrations.runtime import Runtime
+from integrations.webhooks.handling import references
 from tasks import logs
+from tasks.events import register_event_tasks
 from tasks.maintenance import MAINTENANCE_QUEUE, MAINTENANCE_TASKS, register_maintenance
 from tasks.operations import configure_runtime, register_operation
 from tasks.queues import QueueNames, refuse_unserved
@@ -42,6 +44,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             retention=settings.retention,
             dead_letter_retention=settings.dead_letter_retention,
             sweep_grace=settings.sweep_interval,
+            webhook_retention=settings.webhook_retention,
             metrics=Metrics(),
         )
     )
@@ -51,6 +54,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             task_name = provider.task_name(operation)
             register_operation(app, name, operation, task_name, provider.lease_seconds)
             routes[task_name] = {"queue": provider.queue}
+    routes |= register_event_tasks(app, loaded.providers, references(settings.event_handlers))
     app.conf.task_routes = routes
     register_maintenance(app, sweep_every=settings.sweep_interval_seconds)
 

@@ -37,6 +37,8 @@ class OperatorContext:
     sweep_grace: timedelta = timedelta(seconds=30)
     # The broker's depth of each queue (None: absent or unknown); without it, depths are not shown.
     queue_depths: Callable[[], Mapping[str, int | None]] | None = None
+    # Sends a stored webhook event's handling message: (provider, the ledger's event id) -> task id.
+    publish_event: Callable[[str, str], str] | None = None
 
 
 def current() -> OperatorContext:

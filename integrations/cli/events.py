@@ -1,5 +1,5 @@
 """Operator commands on inbound webhook events: what came from which provider, whether it was handled,
-and the operation it confirms or contradicts. Plain lines, so nothing is cut on a narrow terminal or in
+and the operation it confirms or contradicts; and handling an ended one again (``events replay``). Plain lines, so nothing is cut on a narrow terminal or in
 a pipe; the body, as received, only in ``events show``."""
 
 from __future__ import annotations
@@ -9,9 +9,13 @@ from datetime import datetime
 
 import click
 
-from integrations.cli.audit import SINCE
+from integrations.cli.audit import SINCE, audited, record_action
 from integrations.cli.context import current, one_reference, print_json, user_errors
+from integrations.ledger.records import AuditAction
+from integrations.webhooks.handling import reset_for_replay
 from integrations.webhooks.store import EventRecord, EventStatus, EventStore, body_text
+
+# The audit trail's name of an event replay (dlq.replay's until the trail has its own).
 
 
 @click.group()
@@ -128,4 +132,44 @@ def _find(reference: tuple[str, ...], provider: str | None) -> EventRecord:
     raise click.ClickException(
         f"no event with id {key!r} in the ledger at {store.where}; for a provider's event id, name the "
         f"provider: `integrations events show {key} --provider PROVIDER`"
+    )
+
+
+@events.command("replay")
+@click.argument("event_id", metavar="ID")
+@audited()
+def events_replay(event_id: str, actor: str, reason: str | None) -> None:
+    """Handle an event again whose handling ended (dead, failed, unhandled or handled): back to received
+    with a fresh attempt count, its handling sent to its provider's queue. ID as `events list` shows it."""
+    publish = current().publish_event
+    if publish is None:
+        raise click.ClickException("this installation cannot send messages: replaying needs the queue")
+    store = _store()
+    with user_errors():
+        before, after = reset_for_replay(store, event_id)
+    try:
+        task_id = publish(after.provider, after.id)
+    except Exception as exc:
+        raise click.ClickException(
+            f"event {event_id} is received again, but its handling message could not be sent "
+            f"({type(exc).__name__}: {exc}); the sweeper sends it once the broker answers"
+        ) from exc
+    click.echo(
+        f"replaying event {event_id} ({after.provider} {after.type} {after.event_id}) as task {task_id}"
+    )
+    record_action(
+        f"event {event_id} was replayed as task {task_id}",
+        AuditAction.EVENTS_REPLAY,
+        actor=actor,
+        target=event_id,
+        reason=reason,
+        details={
+            "kind": "webhook_event",
+            "provider": before.provider,
+            "type": before.type,
+            "event_id": before.event_id,
+            "task_id": task_id,
+            "was": before.status.value,
+            "attempts": before.attempts,
+        },
     )

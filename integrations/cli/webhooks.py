@@ -15,7 +15,7 @@ import click
 from integrations.cli.context import current, user_errors
 from integrations.metrics import metrics_dir
 from integrations.providers import load_providers
-from integrations.webhooks.store import EventStore
+from integrations.webhooks.store import EventRecord, EventStore
 
 
 @click.group("webhooks")
@@ -28,8 +28,9 @@ def webhooks() -> None:
 @click.option("--port", default=8085, show_default=True, type=click.IntRange(1, 65535))
 def serve(host: str, port: int) -> None:
     """Serve POST /webhooks/<provider> for each provider with a [providers.<name>.webhooks] table, GET
-    /healthz and GET /openapi.json. Secrets are resolved at start: one that cannot be had stops it. Its
-    counts go to PROMETHEUS_MULTIPROC_DIR, which `integrations metrics serve` reads."""
+    /healthz and GET /openapi.json. Secrets are resolved at start: one that cannot be had stops it. Each
+    new event's handling is sent to the provider's queue. Its counts go to PROMETHEUS_MULTIPROC_DIR,
+    which `integrations metrics serve` reads."""
     # Here, not at the top: the other commands need neither the web framework nor the server.
     import uvicorn
 
@@ -42,7 +43,15 @@ def serve(host: str, port: int) -> None:
     # Before the first count, which makes the per-process metrics in the folder the exporter reads.
     metrics_dir()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    receiver = Receiver(found, EventStore.connect(context.database_url))
+    publish_event = context.publish_event
+
+    def publish(record: EventRecord) -> None:
+        assert publish_event is not None
+        publish_event(record.provider, record.id)
+
+    receiver = Receiver(
+        found, EventStore.connect(context.database_url), publish=publish if publish_event else None
+    )
     click.echo(
         f"receiving webhooks of {', '.join(sorted(found))} on http://{host}:{port}/webhooks/<provider>, "
         f"storing them in the ledger at {receiver.store.where}"

@@ -149,6 +149,7 @@ class AuditAction(StrEnum):
     BREAKER_CLOSE = "breaker.close"
     DLQ_REPLAY = "dlq.replay"
     DLQ_DISCARD = "dlq.discard"
+    EVENTS_REPLAY = "events.replay"
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ address; never the body or a header's value) and leaves nothing in the ledger. A
 answers 503 with ``Retry-After``: the provider delivers again later. ``GET /healthz`` says whether the
 ledger answers; ``GET /openapi.json`` describes both, generated from this code.
 
-The receiver stores and acknowledges: an event it stores stays ``received`` in the ledger
-(``integrations events list``); nothing here acts on it.
+The receiver stores and acknowledges; handling is the queue's. Once a new event is stored and answered,
+``publish`` (given by the wiring: the receiver knows no broker) sends its handling message,
+``integrations.<provider>.handle_event``; a duplicate publishes nothing. A publish that fails is logged
+and the delivery still answers 202: the event stays ``received`` in the ledger, and the sweeper sends it.
 
 Reading the body, checking it and the ledger's statements block, so each delivery is handled in a worker
 thread of the event loop's thread pool; the body's chunks are awaited on the loop from there, as
@@ -30,6 +32,7 @@ import anyio.from_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -37,7 +40,7 @@ from integrations.errors import ConfigError, LedgerUnavailable
 from integrations.metrics import webhook_received
 from integrations.providers import ProviderSettings
 from integrations.webhooks.settings import WebhookSettings, resolve_keys
-from integrations.webhooks.store import EventStore
+from integrations.webhooks.store import EventRecord, EventStore
 from integrations.webhooks.verify import (
     BodyTooLarge,
     PayloadInvalid,
@@ -113,6 +116,9 @@ class Answer:
     status: int
     body: BaseModel
     headers: Mapping[str, str] = field(default_factory=dict)
+    # What to do once the answer is sent: publish a new event's handling message, so that neither the
+    # provider's wait for its acknowledgement nor the receiver's throughput pays for the broker.
+    then: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,10 +200,12 @@ class Receiver:
         store: EventStore,
         *,
         clock: Callable[[], float] = time.time,
+        publish: Callable[[EventRecord], None] | None = None,
     ) -> None:
         self.endpoints = dict(endpoints)
         self.store = store
         self.clock = clock
+        self.publish = publish
 
     def receive(self, delivery: Delivery) -> Answer:
         """Store the delivery's event and answer 202, or refuse it."""
@@ -244,6 +252,7 @@ class Receiver:
                 Refused(error="ledger_unavailable", detail="the event could not be stored; deliver it again"),
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        then = (lambda: self._publish(record)) if new and self.publish is not None else None
         result = Received.ACCEPTED if new else Received.DUPLICATE
         webhook_received(endpoint.provider, record.type, result)
         log.info(
@@ -263,7 +272,23 @@ class Receiver:
                 type=record.type,
                 status=record.status.value,
             ),
+            then=then,
         )
+
+    def _publish(self, record: EventRecord) -> None:
+        """Send the stored event's handling message; a failure leaves it to the sweeper."""
+        assert self.publish is not None
+        try:
+            self.publish(record)
+        except Exception as exc:
+            log.error(
+                "webhook event %s of %s stored but its handling message was not sent (%s: %s): it stays "
+                "received, and the sweeper sends it",
+                record.id,
+                record.provider,
+                type(exc).__name__,
+                exc,
+            )
 
     def _refused(self, provider: str, refusal: WebhookRefused, remote: str) -> Answer:
         result = received_as(refusal)
@@ -284,7 +309,10 @@ class Receiver:
 
 
 def _json(answer: Answer) -> JSONResponse:
-    return JSONResponse(answer.body.model_dump(mode="json"), answer.status, headers=dict(answer.headers))
+    after = BackgroundTask(answer.then) if answer.then is not None else None  # run in the thread pool
+    return JSONResponse(
+        answer.body.model_dump(mode="json"), answer.status, headers=dict(answer.headers), background=after
+    )
 
 
 def _package_version() -> str:

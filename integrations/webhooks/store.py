@@ -202,6 +202,25 @@ class EventStore(Database):
             f"ledger at {self.where}: pruned as it was delivered again; deliver it again"
         )
 
+    def reset(self, id: str, ended: EventStatus) -> EventRecord | None:
+        """The event ``id``, whose handling ended as ``ended``, back to ``received`` with no attempt
+        counted, no error and no operation; ``None`` if it is no longer as it was (compare-and-set)."""
+        statement = (
+            update(events)
+            .where(events.c.id == id, events.c.status == EventStatus(ended).value)
+            .values(
+                status=EventStatus.RECEIVED.value,
+                attempts=0,
+                error=None,
+                handled_at=None,
+                operation_id=None,
+                relation=None,
+            )
+        )
+        with self._begin() as connection:
+            changed = connection.execute(statement).rowcount
+        return self.get(id) if changed else None
+
     def mark(
         self,
         id: str,
@@ -277,10 +296,11 @@ class EventStore(Database):
         type: str | None = None,
         status: EventStatus | None = None,
         since: datetime | None = None,
+        received_before: datetime | None = None,
         limit: int = 100,
     ) -> builtins.list[EventRecord]:
         """Events newest first, without their bodies: of ``provider``, of ``type``, in ``status``,
-        received since ``since``."""
+        received since ``since`` and before ``received_before``."""
         query = select(*_LISTED)
         if provider is not None:
             query = query.where(events.c.provider == provider)
@@ -290,6 +310,8 @@ class EventStore(Database):
             query = query.where(events.c.status == EventStatus(status).value)
         if since is not None:
             query = query.where(events.c.received_at >= since)
+        if received_before is not None:
+            query = query.where(events.c.received_at < received_before)
         query = query.order_by(events.c.received_at.desc(), events.c.id).limit(limit)
         with self._begin() as connection:
             return [_record_of(row) for row in connection.execute(query).mappings()]

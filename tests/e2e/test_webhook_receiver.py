@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from integrations.ledger import schema
 from integrations.webhooks.store import EventRecord, EventStatus, EventStore
+from tests.conftest import TEST_REDIS_DB, with_redis_db
 from tests.e2e.conftest import closed_port
 
 CLI = str(Path(sys.executable).with_name("integrations"))
@@ -102,11 +104,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def environment(folder: Path, database: str) -> dict[str, str]:
+def environment(folder: Path, database: str, redis_url: str) -> dict[str, str]:
+    """The receiver's environment; ``redis_url`` is where it publishes the events it stores (no worker here
+    consumes them: the test's Redis database is flushed after)."""
     providers = folder / "providers.toml"
     providers.write_text(PROVIDERS)
     return dict(
         os.environ,
+        REDIS_URL=redis_url,
         DATABASE_URL=database,
         INTEGRATIONS_PROVIDERS_FILE=str(providers),
         PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"),
@@ -118,11 +123,21 @@ def environment(folder: Path, database: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def broker_url(redis_server_url: str) -> Iterator[str]:
+    """A Redis database of the test run's own for the messages the receiver publishes, flushed after."""
+    url = with_redis_db(redis_server_url, TEST_REDIS_DB + 1)
+    yield url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("webhooks")
     database = f"sqlite:///{folder / 'ledger.sqlite3'}"
     schema.upgrade(database)
-    env = environment(folder, database)
+    env = environment(folder, database, broker_url)
     log = folder / "receiver.log"
     process, url = start(env, folder, log)
     store = EventStore.connect(database)
@@ -388,9 +403,9 @@ def test_the_exporter_counts_deliveries_by_result(server: Server) -> None:
     assert delta("", "", "unknown_provider") == 1
 
 
-def test_a_ledger_out_of_reach_answers_503_with_retry_after(tmp_path: Path) -> None:
+def test_a_ledger_out_of_reach_answers_503_with_retry_after(tmp_path: Path, broker_url: str) -> None:
     # A database without the ledger's schema: every statement fails as an unreachable one does.
-    env = environment(tmp_path, f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    env = environment(tmp_path, f"sqlite:///{tmp_path / 'empty.sqlite3'}", broker_url)
     process, url = start(env, tmp_path, tmp_path / "receiver.log")
     try:
         _, body = stripe_event()
@@ -406,8 +421,8 @@ def test_a_ledger_out_of_reach_answers_503_with_retry_after(tmp_path: Path) -> N
     assert (health.status_code, health.json()) == (503, {"ledger": "unavailable"})
 
 
-def test_a_secret_that_cannot_be_resolved_stops_the_server_naming_it(tmp_path: Path) -> None:
-    env = environment(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+def test_a_secret_that_cannot_be_resolved_stops_the_server_naming_it(tmp_path: Path, broker_url: str) -> None:
+    env = environment(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite3'}", broker_url)
     del env["TEST_STRIPE_WEBHOOK_NEW"]
 
     done = subprocess.run(
