@@ -4,21 +4,17 @@ every field whole, filters, the body as received only in `show`, and clear error
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from integrations.cli import OperatorContext, build_cli
 from integrations.errors import ErrorInfo, ErrorType
 from integrations.ledger.engine import create_ledger_engine
 from integrations.webhooks.store import EventRecord, EventStatus, EventStore, Relation
 from tests.clock import Clock
-from tests.published import Published
-
-Operate = Callable[..., Result]
+from tests.integration.conftest import Operate, operator_cli
 
 BODY = b'{"id": "evt_1",  "type": "payment_intent.succeeded", "data": {"name": "Zo\xc3\xab"}}\n'
 # Longer than a terminal line on its own: it must come out whole.
@@ -29,19 +25,7 @@ LONG_ID = "evt_" + "9" * 120
 def operate(ledger_url: str, redis_url: str, tmp_path: Path) -> Operate:
     providers = tmp_path / "providers.toml"
     providers.write_text('[providers.acme]\nadapter = "http"\nbase_url = "https://a.example"\n')
-    context = OperatorContext(
-        database_url=ledger_url,
-        redis_url=redis_url,
-        providers_file=providers,
-        retention=timedelta(days=7),
-        dead_letter_retention=timedelta(days=30),
-        publish=Published(),
-    )
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(build_cli(lambda: context), list(args))
-
-    return run
+    return operator_cli(ledger_url, redis_url, providers)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 import redis
 import requests
-from click.testing import CliRunner, Result
 
 from integrations.adapters.stripe import StripeAdapter
 from integrations.auth import BearerAuth, static_credentials
-from integrations.cli import OperatorContext, build_cli
 from integrations.ledger.models import OperationStatus
 from integrations.ledger.records import NewOperation, OperationRecord
 from integrations.ledger.store import Ledger
@@ -33,8 +31,8 @@ from integrations.webhooks.events import Event
 from integrations.webhooks.store import EventStatus, EventStore, Relation
 from tests.clock import Clock
 from tests.fakes.stripe import FakeStripe
+from tests.integration.conftest import Operate, operator_cli
 from tests.providers import provider_settings
-from tests.published import Published
 
 SECRET_KEY = "sk_test_51FakeKeyForTheClosedLoopTests000000000QkX9"
 CONFIRMED = {
@@ -170,26 +168,12 @@ def test_an_adapter_whose_reference_fails_still_records_the_success(
 
 # -- ops show ---------------------------------------------------------------------------------------
 
-Operate = Callable[..., Result]
-
 
 @pytest.fixture
 def operate(ledger_url: str, redis_url: str, tmp_path: Path) -> Operate:
     providers = tmp_path / "providers.toml"
     providers.write_text('[providers.stripe]\nadapter = "stripe"\nbase_url = "https://api.stripe.example"\n')
-    context = OperatorContext(
-        database_url=ledger_url,
-        redis_url=redis_url,
-        providers_file=providers,
-        retention=timedelta(days=7),
-        dead_letter_retention=timedelta(days=30),
-        publish=Published(),
-    )
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(build_cli(lambda: context), list(args))
-
-    return invoke
+    return operator_cli(ledger_url, redis_url, providers)
 
 
 def succeeded_operation(ledger: Ledger, key: str, reference: str) -> OperationRecord:
