@@ -1,4 +1,18 @@
-"""The ``hubspot`` adapter: CRM contacts created in batches, with each input's fate read from the answer.
+"""The ``hubspot`` adapter: CRM contacts created one at a time, or in batches with each input's fate read
+from the answer.
+
+``create_contact`` sends ``POST /crm/v3/objects/contacts`` with ``{"properties", "associations"?}``; HubSpot
+answers ``201`` with the contact, whose id is the operation's ``reference`` (the ``objectId`` of the
+``contact.creation`` event that follows). A contact's e-mail address is unique in HubSpot, and a create
+with one that exists is answered ``409`` naming it only in its message (``Contact already exists. Existing
+ID: <id>``). HubSpot takes no idempotency key, so after a call whose answer was lost (the pipeline sends
+again after a timeout) that conflict answers our own create, and the adapter cannot tell it from a contact
+made elsewhere. It reads the existing contact instead: if the contact holds every property value sent, what
+the operation asked for exists and it succeeds (``existing: true``, the contact's id as its reference); a
+contact holding other values was not made by it, and the conflict is a rejection naming the contact and
+the properties that differ, never their values. A contact without an e-mail address may be created
+twice.
+See https://developers.hubspot.com/docs/api/crm/contacts.
 
 ``batch_create_contacts`` sends ``POST /crm/v3/objects/contacts/batch/create`` with at most 100 inputs per
 call. Every input carries an ``objectWriteTraceId`` (the caller's, or ``<idempotency key>#<position>``),
@@ -15,6 +29,7 @@ with a conflict naming the existing contact, which after an unanswered call is r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence, Set
 from typing import Any, Literal
 
@@ -22,14 +37,17 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from integrations.adapters.answers import answer_mismatch, response_body
-from integrations.adapters.base import Adapter, HttpCall, batch_operation
+from integrations.adapters.base import Adapter, HttpCall, OperationSpec, Reply, batch_operation, operation
 from integrations.batch import BatchItem, ItemResult
 from integrations.errors import ContractViolation, OperationError, ProviderRejected, TransientError
 from integrations.ledger.models import MAX_KEY_LENGTH
 from integrations.webhooks.events import Event, EventLink
 from integrations.webhooks.store import Relation
 
+CONTACTS = "/crm/v3/objects/contacts"
 MAX_INPUTS = 100
+# How HubSpot names the contact that holds an e-mail address already, in a create's 409 answer.
+EXISTING_ID = re.compile(r"Existing ID: (\d+)")
 # Categories that say the input itself is wrong: sending it again cannot help.
 PERMANENT_CATEGORIES = frozenset({"VALIDATION_ERROR", "CONFLICT", "OBJECT_ALREADY_EXISTS", "INVALID_EMAIL"})
 # Categories that say the record exists already (``context.existingId`` names it).
@@ -65,6 +83,31 @@ class ContactInput(BaseModel):
     properties: dict[str, str] = Field(min_length=1)
     associations: list[Association] | None = None
     objectWriteTraceId: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class CreateContact(BaseModel):
+    """The payload of ``create_contact``: HubSpot's ``SimplePublicObjectInputForCreate``. Property values are
+    strings, as HubSpot's API takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    properties: dict[str, str] = Field(min_length=1)
+    associations: list[Association] | None = None
+
+
+class Contact(BaseModel):
+    """The answer of ``create_contact``: the contact as HubSpot returns it (``SimplePublicObject``; other
+    fields are ignored). ``existing``: HubSpot had the contact already, holding every value sent, after a
+    call of this operation whose answer was lost."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1)
+    properties: dict[str, str | None]
+    createdAt: str
+    updatedAt: str
+    archived: bool = False
+    existing: bool = False
 
 
 class CreatedObject(BaseModel):
@@ -111,6 +154,10 @@ class HubSpotAdapter(Adapter):
 
     name = "hubspot"
 
+    @operation(payload=CreateContact, response=Contact)
+    def create_contact(self, payload: CreateContact) -> HttpCall:
+        return HttpCall("POST", CONTACTS, json=payload.model_dump(mode="json", exclude_none=True))
+
     @batch_operation(item=ContactInput, max_items=MAX_INPUTS, key="objectWriteTraceId")
     def batch_create_contacts(self, items: Sequence[BatchItem]) -> HttpCall:
         inputs = []
@@ -118,7 +165,54 @@ class HubSpotAdapter(Adapter):
             assert isinstance(item.value, ContactInput)
             body = item.value.model_dump(mode="json", exclude_none=True)
             inputs.append(body | {"objectWriteTraceId": item.key})
-        return HttpCall("POST", "/crm/v3/objects/contacts/batch/create", json={"inputs": inputs})
+        return HttpCall("POST", f"{CONTACTS}/batch/create", json={"inputs": inputs})
+
+    def call(self, operation: str, payload: BaseModel, *, idempotency_key: str, request_id: str) -> Reply:
+        """One attempt; for ``create_contact``, a conflict naming an existing contact is read as described
+        in the module's docstring."""
+        try:
+            return super().call(operation, payload, idempotency_key=idempotency_key, request_id=request_id)
+        except ProviderRejected as conflict:
+            existing = _existing_contact(conflict) if operation == "create_contact" else None
+            if existing is None:
+                raise
+            assert isinstance(payload, CreateContact)
+            return self._made_already(operation, payload, existing, conflict, idempotency_key, request_id)
+
+    def _made_already(
+        self,
+        operation: str,
+        payload: CreateContact,
+        existing: str,
+        conflict: ProviderRejected,
+        idempotency_key: str,
+        request_id: str,
+    ) -> Reply:
+        """The existing contact as this operation's success if it holds every property value sent; else
+        the conflict, naming the properties that differ."""
+        spec = self.spec(operation)
+        assert isinstance(spec, OperationSpec)
+        names = sorted(payload.properties)
+        read = HttpCall("GET", f"{CONTACTS}/{existing}", params={"properties": ",".join(names)})
+        where = self.where(operation)
+        try:
+            response = self._exchange(operation, read, idempotency_key, request_id)
+            reply = self._read(operation, response, lambda: Reply(self.parse_response(spec, response), {}))
+        except OperationError as exc:
+            detail = exc.message.removeprefix(f"{where}: ")
+            exc.message = f"{where}: reading contact {existing}, named by a conflict: {detail}"
+            raise
+        found = reply.model
+        assert isinstance(found, Contact)
+        differ = [name for name in names if not _same_value(name, payload.properties[name], found.properties)]
+        if differ:
+            conflict.message += (
+                f"; contact {existing} holds other values of {', '.join(differ)}, so this operation did not "
+                "make it: update that contact, or create one with another e-mail address under a new "
+                "idempotency key"
+            )
+            raise conflict
+        return Reply(found.model_copy(update={"existing": True}), reply.headers)
 
     def reference(self, operation: str, response: Any) -> str | None:
         """A created contact's id (``SimplePublicObject.id``). Only single operations are given a
@@ -157,7 +251,8 @@ class HubSpotAdapter(Adapter):
         if response.status_code in (401, 403):
             error.message += (
                 f"; check the access token of [providers.{self.provider.name}.auth] and its scopes "
-                "(crm.objects.contacts.write)"
+                "(crm.objects.contacts.write; create_contact reads a conflicting contact with "
+                "crm.objects.contacts.read)"
             )
         return error
 
@@ -202,6 +297,21 @@ class HubSpotAdapter(Adapter):
             else ItemResult(item.key, response=created.get(item.key))
             for item in items
         ]
+
+
+def _existing_contact(error: ProviderRejected) -> str | None:
+    """The id of the contact a create's ``409`` names as holding the e-mail address already."""
+    body = error.body if isinstance(error.body, dict) else {}
+    message = body.get("message")
+    found = EXISTING_ID.search(message) if error.status_code == 409 and isinstance(message, str) else None
+    return found.group(1) if found else None
+
+
+def _same_value(name: str, sent: str, held: dict[str, str | None]) -> bool:
+    """Whether the contact holds the value sent: e-mail addresses compare without case, as HubSpot matches
+    them, and an empty string sent leaves a property unset."""
+    value = held.get(name) or ""
+    return value.lower() == sent.lower() if name == "email" else value == sent
 
 
 def _item_error(where: str, trace: str, error: BatchError) -> OperationError:
