@@ -119,8 +119,8 @@ class _Instruments:
         )
         self.webhooks: Counter = Counter(
             _stem(WEBHOOKS_RECEIVED_TOTAL),
-            "Webhook deliveries received, by result: accepted, duplicate, or why they were refused "
-            "(bad_signature, stale, too_large, invalid, unknown_provider).",
+            "Webhook events received (accepted, duplicate), and deliveries refused, by why (bad_signature, "
+            "stale, too_large, invalid, unknown_provider).",
             ["provider", "type", "result"],
         )
 

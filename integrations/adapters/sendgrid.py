@@ -62,9 +62,9 @@ class SendGridAdapter(Adapter):
         idempotency key the event carries among its custom arguments (SendGrid adds them to each event
         as fields of its own; older accounts nest them in ``unique_args``).
 
-        An Event Webhook body is a list of events, of any messages and types; the receiver stores it as
-        one event named by the first (its ``sg_event_id``), so the first is the one read here. A body
-        that is a single event object is read as well."""
+        An Event Webhook body is a list of events, of any messages and types; the receiver stores each as
+        an event of its own (named by its ``sg_event_id``), so ``payload`` is one event object here. A
+        list is read by its first event."""
         payload = event.payload
         first = payload[0] if isinstance(payload, list) and payload else payload
         if not isinstance(first, dict):

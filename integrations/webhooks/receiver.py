@@ -1,17 +1,22 @@
 """The webhook receiver: an ASGI application (FastAPI) that providers deliver their events to.
 
 ``POST /webhooks/{provider}`` reads the body up to the provider's ``max_body_bytes``, checks its
-signature over the raw bytes (``verify``), and stores the event in the ledger, once per (provider, event
-id), before it answers ``202 Accepted``; a delivery of an event already stored answers the same, and
-stores nothing more. A refused delivery is counted and logged in one line (provider, reason, remote
-address; never the body or a header's value) and leaves nothing in the ledger. A ledger out of reach
+signature over the raw bytes (``verify``), and stores its events in the ledger, once per (provider, event
+id), before it answers ``202 Accepted``; a delivery of events already stored answers the same, and
+stores nothing more. A body that is an array of events (SendGrid and HubSpot batch them, each with its
+own id) is one event per element, kept as the element's canonical JSON since the signature covered the
+whole delivery and was checked at receipt; a redelivery batched otherwise stores only the events not
+stored yet. A body that is one event is kept as the bytes received. A refused delivery is counted and
+logged in one line (provider, reason, remote address; never the body or a header's value) and leaves
+nothing in the ledger. A ledger out of reach
 answers 503 with ``Retry-After``: the provider delivers again later. ``GET /healthz`` says whether the
 ledger answers; ``GET /openapi.json`` describes both, generated from this code.
 
-The receiver stores and acknowledges; handling is the queue's. Once a new event is stored and answered,
-``publish`` (given by the wiring: the receiver knows no broker) sends its handling message,
-``integrations.<provider>.handle_event``; a duplicate publishes nothing. A publish that fails is logged
-and the delivery still answers 202: the event stays ``received`` in the ledger, and the sweeper sends it.
+The receiver stores and acknowledges; handling is the queue's. Once a delivery's events are stored and
+answered, ``publish`` (given by the wiring: the receiver knows no broker) sends the handling message of
+each new one, ``integrations.<provider>.handle_event``; a duplicate publishes nothing. A publish that
+fails is logged and the delivery still answers 202: the event stays ``received`` in the ledger, and the
+sweeper sends it.
 
 Reading the body, checking it and the ledger's statements block, so each delivery is handled in a worker
 thread of the event loop's thread pool; the body's chunks are awaited on the loop from there, as
@@ -40,7 +45,7 @@ from integrations.errors import ConfigError, LedgerUnavailable
 from integrations.metrics import webhook_received
 from integrations.providers import ProviderSettings
 from integrations.webhooks.settings import WebhookSettings, resolve_keys
-from integrations.webhooks.store import EventRecord, EventStore
+from integrations.webhooks.store import EventRecord, EventStore, NewEvent
 from integrations.webhooks.verify import (
     BodyTooLarge,
     PayloadInvalid,
@@ -85,14 +90,35 @@ def received_as(refusal: WebhookRefused) -> Received:
 # -- what the receiver answers (the OpenAPI document's schemas) ---------------------------------------
 
 
-class Stored(BaseModel):
-    """The event is in the ledger: the answer to its first delivery and to every later one."""
+class StoredEvent(BaseModel):
+    """An event in the ledger."""
 
     id: str = Field(description="The ledger's id of the event (`integrations events show ID`).")
     provider: str
     event_id: str = Field(description="The provider's id of the event, which deliveries are deduplicated on.")
     type: str = Field(description="The event's type, as the provider names it.")
     status: str = Field(description="How the event's handling stands in the ledger (`received` when stored).")
+
+
+class Stored(StoredEvent):
+    """Every event of the delivery is in the ledger: the answer to its first delivery and to every later
+    one. The fields of the event are those of the delivery's first event, so a delivery of one event is
+    answered as one event; ``events`` lists all of them."""
+
+    events: list[StoredEvent] = Field(
+        description="Each event of the delivery, in the order of the body: one for a JSON object, one per "
+        "element for an array of events (SendGrid's, HubSpot's)."
+    )
+
+
+def _described(record: EventRecord) -> StoredEvent:
+    return StoredEvent(
+        id=record.id,
+        provider=record.provider,
+        event_id=record.event_id,
+        type=record.type,
+        status=record.status.value,
+    )
 
 
 class Refused(BaseModel):
@@ -208,7 +234,7 @@ class Receiver:
         self.publish = publish
 
     def receive(self, delivery: Delivery) -> Answer:
-        """Store the delivery's event and answer 202, or refuse it."""
+        """Store the delivery's events and answer 202, or refuse it."""
         endpoint = self.endpoints.get(delivery.provider)
         if endpoint is None:
             name = delivery.provider[:_LOGGED_NAME_LENGTH]
@@ -231,7 +257,7 @@ class Receiver:
             body = read_body(
                 delivery.body, settings.max_body_bytes, content_length=delivery.headers.get("content-length")
             )
-            event = verify(
+            verified = verify(
                 settings,
                 endpoint.keys,
                 method=delivery.method,
@@ -240,7 +266,10 @@ class Receiver:
                 body=body,
                 now=self.clock(),
             )
-            record, new = self.store.store(endpoint.provider, event.event_id, event.event_type, body)
+            stored = self.store.store_all(
+                endpoint.provider,
+                [NewEvent(event.event_id, event.event_type, event.body) for event in verified],
+            )
         except WebhookRefused as exc:
             return self._refused(endpoint.provider, exc, delivery.remote)
         except ValueError as exc:  # an authentic event the ledger cannot keep (a NUL in its id, ...)
@@ -252,28 +281,26 @@ class Receiver:
                 Refused(error="ledger_unavailable", detail="the event could not be stored; deliver it again"),
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        then = (lambda: self._publish(record)) if new and self.publish is not None else None
-        result = Received.ACCEPTED if new else Received.DUPLICATE
-        webhook_received(endpoint.provider, record.type, result)
-        log.info(
-            "webhook %s: provider=%s type=%s event_id=%s id=%s",
-            result.value,
-            record.provider,
-            record.type,
-            record.event_id,
-            record.id,
-        )
-        return Answer(
-            202,
-            Stored(
-                id=record.id,
-                provider=record.provider,
-                event_id=record.event_id,
-                type=record.type,
-                status=record.status.value,
-            ),
-            then=then,
-        )
+        for record, new in stored:
+            result = Received.ACCEPTED if new else Received.DUPLICATE
+            webhook_received(endpoint.provider, record.type, result)
+            log.info(
+                "webhook %s: provider=%s type=%s event_id=%s id=%s",
+                result.value,
+                record.provider,
+                record.type,
+                record.event_id,
+                record.id,
+            )
+        fresh = [record for record, new in stored if new]
+        then = (lambda: self._publish_all(fresh)) if fresh and self.publish is not None else None
+        described = [_described(record) for record, _ in stored]
+        return Answer(202, Stored(**described[0].model_dump(), events=described), then=then)
+
+    def _publish_all(self, records: list[EventRecord]) -> None:
+        """Send each new event's handling message, in the order of the body."""
+        for record in records:
+            self._publish(record)
 
     def _publish(self, record: EventRecord) -> None:
         """Send the stored event's handling message; a failure leaves it to the sweeper."""
@@ -347,8 +374,8 @@ def create_app(receiver: Receiver) -> FastAPI:
         "/webhooks/{provider}",
         status_code=202,
         response_model=Stored,
-        response_description="The event is in the ledger: stored now, or by an earlier delivery",
-        summary="Deliver a webhook event",
+        response_description="The delivery's events are in the ledger: stored now, or by an earlier delivery",
+        summary="Deliver webhook events",
         responses={
             400: {**_REFUSED, "description": "Signed too long ago (or ahead), or a body that does not parse"},
             401: {
@@ -368,14 +395,16 @@ def create_app(receiver: Receiver) -> FastAPI:
             "parameters": [_PROVIDER_PARAMETER],
             "requestBody": {
                 "required": True,
-                "description": "The event as the provider signed it, its signature in the scheme's headers.",
+                "description": "The event, or an array of events, as the provider signed it, its "
+                "signature in the scheme's headers.",
                 "content": {"application/json": {"schema": {}}},
             },
         },
     )
     async def deliver(request: Request) -> JSONResponse:
-        """Verify the delivery's signature over the bytes received and store its event, once per
-        provider and event id, before answering 202; a delivery already stored gets the same answer."""
+        """Verify the delivery's signature over the bytes received and store its events (one, or one per
+        element of an array), once per provider and event id, before answering 202; a delivery already
+        stored gets the same answer."""
         chunks = request.stream()
         delivery = Delivery(
             provider=request.path_params["provider"],

@@ -2,10 +2,13 @@
 
 ```toml
 [providers.stripe.webhooks]
-scheme = "stripe"                          # stripe | standard | hubspot_v3 | hmac_sha256
+scheme = "stripe"                          # stripe | standard | hubspot_v3 | sendgrid | hmac_sha256
 secrets = ["env:STRIPE_WEBHOOK_SECRET"]    # several while a secret is rotated
 tolerance = 300                            # seconds, for schemes with a timestamp
 ```
+
+With ``scheme = "sendgrid"`` (SendGrid's Signed Event Webhook, ECDSA) each secret is SendGrid's *public*
+verification key, base64 DER as SendGrid shows it or PEM, referenced like any secret.
 
 With ``scheme = "hmac_sha256"`` (a bare HMAC of the body, as GitHub sends it) ``header`` names the
 signature's header, ``encoding`` is ``hex`` (the default) or ``base64``, ``prefix`` is text before the
@@ -21,12 +24,20 @@ import binascii
 import re
 from typing import Annotated, Any, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+    load_pem_public_key,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from integrations.auth import resolve_secret, secret_reference
 from integrations.errors import ConfigError
 
-Scheme = Literal["stripe", "standard", "hubspot_v3", "hmac_sha256"]
+Scheme = Literal["stripe", "standard", "hubspot_v3", "sendgrid", "hmac_sha256"]
 
 DEFAULT_TOLERANCE = 300.0
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -40,7 +51,9 @@ STANDARD_SECRET_PREFIX = "whsec_"
 
 # The keys that only ``hmac_sha256`` takes, and the schemes whose signature covers a timestamp.
 _HMAC_ONLY = ("encoding", "prefix", "event_id", "event_type")
-_TIMED: frozenset[str] = frozenset({"stripe", "standard", "hubspot_v3"})
+_TIMED: frozenset[str] = frozenset({"stripe", "standard", "hubspot_v3", "sendgrid"})
+# The curve of SendGrid's signing key (ECDSA P-256).
+SENDGRID_CURVE = ec.SECP256R1.name
 
 
 class WebhookSettings(BaseModel):
@@ -130,11 +143,12 @@ class WebhookSettings(BaseModel):
 
 
 def resolve_keys(provider: str, settings: WebhookSettings, *, source: str | None = None) -> tuple[bytes, ...]:
-    """The HMAC keys ``settings.secrets`` reference, in their order; a ``ConfigError`` naming each one
-    that cannot be had, with the providers file ``source``.
+    """The keys ``settings.secrets`` reference, in their order; a ``ConfigError`` naming each one that
+    cannot be had, with the providers file ``source``.
 
-    A Standard Webhooks secret is ``whsec_`` and the base64 of its key; every other scheme keys its
-    HMAC with the secret's text as it is (Stripe's ``whsec_`` included).
+    A Standard Webhooks secret is ``whsec_`` and the base64 of its key; a SendGrid key is a P-256 public
+    key, given as the DER bytes of its SubjectPublicKeyInfo; every other scheme keys its HMAC with the
+    secret's text as it is (Stripe's ``whsec_`` included).
     """
     where = f"[providers.{provider}.webhooks]"
     if source is not None:
@@ -148,14 +162,16 @@ def resolve_keys(provider: str, settings: WebhookSettings, *, source: str | None
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        if settings.scheme == "standard":
-            try:
+        try:
+            if settings.scheme == "standard":
                 key = _standard_key(secret)
-            except ValueError as exc:
-                problems.append(f"{at}: the secret {reference} {exc}")
-                continue
-        else:
-            key = secret.encode("utf-8")
+            elif settings.scheme == "sendgrid":
+                key = _sendgrid_key(secret)
+            else:
+                key = secret.encode("utf-8")
+        except ValueError as exc:
+            problems.append(f"{at}: the secret {reference} {exc}")
+            continue
         keys.append(key)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -172,3 +188,20 @@ def _standard_key(secret: str) -> bytes:
     if not key:
         raise ValueError("is empty after 'whsec_': copy it again from the provider")
     return key
+
+
+def _sendgrid_key(secret: str) -> bytes:
+    """The DER of a P-256 public key given as PEM or as the base64 of its DER (SendGrid's "Verification
+    Key")."""
+    text = secret.strip()
+    advice = "copy the verification key again from SendGrid's Mail Settings, Signed Event Webhook"
+    try:
+        if text.startswith("-----BEGIN"):
+            key = load_pem_public_key(text.encode("ascii"))
+        else:
+            key = load_der_public_key(base64.b64decode("".join(text.split()), validate=True))
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # binascii.Error is a ValueError
+        raise ValueError(f"is not a public key in PEM or base64 DER: {advice}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != SENDGRID_CURVE:
+        raise ValueError(f"is not an ECDSA P-256 public key, as SendGrid signs with: {advice}")
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)

@@ -3,13 +3,17 @@
 A provider delivers an event at least once, and may deliver it to several receivers at the same moment:
 ``EventStore.store`` is one ``INSERT ... ON CONFLICT DO NOTHING`` on the unique (provider, event id), so
 of any number of concurrent deliveries exactly one stores the event and is told it is new; the others get
-the stored row. Every write is one statement that commits by itself, as the ledger's are; SQLAlchemy
-errors become ``LedgerUnavailable`` here.
+the stored row. ``store_all`` stores the events of one delivery (SendGrid and HubSpot batch several in
+one body) the same way, each, in one transaction. The other writes are one statement each that commits
+by itself, as the ledger's are; SQLAlchemy errors become ``LedgerUnavailable`` here.
 
-The body is kept as the bytes received (a ``LargeBinary`` column: ``bytea`` on PostgreSQL, a BLOB on
-SQLite), not as text or JSON: its signature is over those exact bytes, so it can be checked again, and a
-JSON column would re-encode it (JSONB reorders keys and drops whitespace) while a text column would need
-the bytes to be UTF-8, which JSON parsers do not all require.
+The body is kept as bytes (a ``LargeBinary`` column: ``bytea`` on PostgreSQL, a BLOB on SQLite), not as
+text or JSON: a JSON column would re-encode it (JSONB reorders keys and drops whitespace) while a text
+column would need the bytes to be UTF-8, which JSON parsers do not all require. An event that was a
+delivery's whole body is kept as the bytes received, over which its signature can be checked again. An
+event that was an element of an array body is kept as that element's canonical JSON
+(``verify.canonical``: compact, keys sorted), whatever the batch it came in: the signature covered the
+whole delivery and was checked when it was received, which storing it attests.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ from __future__ import annotations
 import base64
 import builtins
 import uuid
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, delete, select, update
+from sqlalchemy import Connection, Insert, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from integrations.errors import ErrorInfo, LedgerUnavailable
@@ -111,6 +115,15 @@ def body_text(body: bytes) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to store: the provider's id and type of it, and the bytes the ledger keeps as its body."""
+
+    event_id: str
+    type: str
+    body: bytes = field(repr=False)
+
+
 @cache
 def _insert_if_absent(dialect: str) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING RETURNING id``: a duplicate inserts nothing and returns no row."""
@@ -143,6 +156,55 @@ def _checked_name(provider: str, what: str, value: str, longest: int) -> str:
     return value
 
 
+def _checked(provider: str, event: NewEvent) -> None:
+    _checked_name(provider, "provider name", provider, MAX_PROVIDER_LENGTH)
+    _checked_name(provider, "event id", event.event_id, MAX_KEY_LENGTH)
+    _checked_name(provider, f"type (event {event.event_id!r})", event.type, MAX_TYPE_LENGTH)
+    if not isinstance(event.body, bytes | bytearray | memoryview):
+        raise ValueError(
+            f"webhook event {event.event_id!r} of provider {provider!r}: its body must be the bytes "
+            f"received, not {builtins.type(event.body).__name__}"
+        )
+
+
+def _stored(
+    connection: Connection,
+    statement: Insert,
+    provider: str,
+    event: NewEvent,
+    received_at: datetime,
+    where: str,
+) -> tuple[EventRecord, bool]:
+    """Insert ``event`` unless (provider, event id) is stored: (its record, whether it is new)."""
+    values: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "provider": provider,
+        "event_id": event.event_id,
+        "type": event.type,
+        "received_at": received_at.astimezone(UTC),
+        "body": bytes(event.body),
+        "status": EventStatus.RECEIVED.value,
+        "attempts": 0,
+        "error": None,
+        "handled_at": None,
+        "operation_id": None,
+        "relation": None,
+    }
+    find = select(events).where(events.c.provider == provider, events.c.event_id == event.event_id)
+    # Twice at most: the stored row may be pruned between the refused insert and the read.
+    for _ in range(2):
+        # Whether a row came back through RETURNING: rowcount is not reliable for this statement.
+        if connection.execute(statement, values).first() is not None:
+            return _record_of(values), True
+        row = connection.execute(find).mappings().first()
+        if row is not None:
+            return _record_of(row), False
+    raise LedgerUnavailable(
+        f"webhook event {event.event_id!r} of provider {provider!r} was neither stored nor found in the "
+        f"ledger at {where}: pruned as it was delivered again; deliver it again"
+    )
+
+
 class EventStore(Database):
     """The inbound webhook events, in the ledger's database (table ``webhook_events``)."""
 
@@ -159,48 +221,30 @@ class EventStore(Database):
         """Store an event as received: the record and True; or, when (provider, event_id) is already
         stored, the stored record (with the body first received) and False. ``received_at``: now unless
         given. A ``ValueError`` names what is wrong with an event the ledger cannot keep."""
-        _checked_name(provider, "provider name", provider, MAX_PROVIDER_LENGTH)
-        _checked_name(provider, "event id", event_id, MAX_KEY_LENGTH)
-        _checked_name(provider, f"type (event {event_id!r})", type, MAX_TYPE_LENGTH)
-        if not isinstance(body, bytes | bytearray | memoryview):
-            raise ValueError(
-                f"webhook event {event_id!r} of provider {provider!r}: its body must be the bytes "
-                f"received, not {builtins.type(body).__name__}"
-            )
+        [stored] = self.store_all(provider, [NewEvent(event_id, type, body)], received_at)
+        return stored
+
+    def store_all(
+        self, provider: str, new: Sequence[NewEvent], received_at: datetime | None = None
+    ) -> builtins.list[tuple[EventRecord, bool]]:
+        """Store the events of one delivery, as ``store`` does each, in one transaction: all of them or,
+        on a ``LedgerUnavailable``, none (the provider delivers again). The answers are in the order of
+        ``new``; an event listed twice is new the first time only.
+
+        The inserts run in the order of the events' ids, whatever ``new``'s order: two deliveries of
+        overlapping batches at once wait on each other's rows in the same order, never in a deadlock."""
+        for event in new:
+            _checked(provider, event)
         received_at = received_at if received_at is not None else self.clock()
         if received_at.tzinfo is None:
-            raise ValueError(
-                f"webhook event {event_id!r} of provider {provider!r}: received_at must be timezone-aware"
-            )
-        values: dict[str, Any] = {
-            "id": str(uuid.uuid4()),
-            "provider": provider,
-            "event_id": event_id,
-            "type": type,
-            "received_at": received_at.astimezone(UTC),
-            "body": bytes(body),
-            "status": EventStatus.RECEIVED.value,
-            "attempts": 0,
-            "error": None,
-            "handled_at": None,
-            "operation_id": None,
-            "relation": None,
-        }
-        find = select(events).where(events.c.provider == provider, events.c.event_id == event_id)
-        with self._begin() as connection:
+            raise ValueError(f"webhook events of provider {provider!r}: received_at must be timezone-aware")
+        answers: dict[int, tuple[EventRecord, bool]] = {}
+        order = sorted(range(len(new)), key=lambda index: new[index].event_id)
+        with self._transaction() as connection:
             statement = _insert_if_absent(connection.dialect.name)
-            # Twice at most: the stored row may be pruned between the refused insert and the read.
-            for _ in range(2):
-                # Whether a row came back through RETURNING: rowcount is not reliable for this statement.
-                if connection.execute(statement, values).first() is not None:
-                    return _record_of(values), True
-                row = connection.execute(find).mappings().first()
-                if row is not None:
-                    return _record_of(row), False
-        raise LedgerUnavailable(
-            f"webhook event {event_id!r} of provider {provider!r} was neither stored nor found in the "
-            f"ledger at {self.where}: pruned as it was delivered again; deliver it again"
-        )
+            for index in order:
+                answers[index] = _stored(connection, statement, provider, new[index], received_at, self.where)
+        return [answers[index] for index in range(len(new))]
 
     def reset(self, id: str, ended: EventStatus) -> EventRecord | None:
         """The event ``id``, whose handling ended as ``ended``, back to ``received`` with no attempt

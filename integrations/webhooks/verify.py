@@ -2,14 +2,16 @@
 
 ``verify`` checks the signature over the raw bytes received, with every configured key (a secret being
 rotated has two), comparing in constant time, before the body is parsed; only then does it read the
-event's id and type. A refusal is one of these, each with the HTTP status the receiver answers::
+events' ids and types: one event for a JSON object, one per element for an array of events that carry
+their own ids (SendGrid's, HubSpot's). A refusal is one of these, each with the HTTP status the
+receiver answers::
 
     WebhookRefused                  status, reason (a fixed word for counters and the log line)
     ├── SignatureInvalid            401  the signature is malformed or matches no key
     │   └── SignatureMissing        401  a header the scheme needs is absent
     ├── TimestampOutOfTolerance     400  an authentic delivery signed too long ago, or in the future
     ├── BodyTooLarge                413  above ``max_body_bytes``: refused before it is hashed
-    └── PayloadInvalid              400  an authentic body that is not JSON, or lacks the event id or type
+    └── PayloadInvalid              400  an authentic body that is not JSON, or lacks an event's id or type
 
 Messages name headers and fields, never their values, the body or a secret: they can be logged.
 """
@@ -24,7 +26,13 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from integrations.errors import IntegrationsError
 from integrations.webhooks.settings import WebhookSettings
@@ -84,11 +92,22 @@ class PayloadInvalid(WebhookRefused):
 
 @dataclass(frozen=True)
 class VerifiedEvent:
-    """An authentic delivery: the provider's id and type of its event, and the parsed body."""
+    """An event of an authentic delivery: the provider's id and type of it, its parsed JSON, and the
+    bytes the ledger keeps of it (``body``)."""
 
     event_id: str
     event_type: str
     payload: Any = field(repr=False)  # kept out of a repr that could reach a log
+    body: bytes = field(repr=False)
+
+
+# Where each scheme's events carry their id and type ("body:<field>" of an event, or "header:<name>").
+_SOURCES: dict[str, tuple[str, str]] = {
+    "stripe": ("body:id", "body:type"),
+    "standard": ("header:webhook-id", "body:type"),
+    "hubspot_v3": ("body:eventId", "body:subscriptionType"),
+    "sendgrid": ("body:sg_event_id", "body:event"),
+}
 
 
 def verify(
@@ -100,27 +119,49 @@ def verify(
     headers: Mapping[str, str],
     body: bytes,
     now: float,
-) -> VerifiedEvent:
-    """The event of an authentic delivery, else a ``WebhookRefused``: ``authenticate``, then the body
-    parsed and the event's id and type read from it (or from the headers the scheme says)."""
+) -> tuple[VerifiedEvent, ...]:
+    """The events of an authentic delivery, else a ``WebhookRefused``: ``authenticate``, then the body
+    parsed and each event's id and type read from it (or from the headers the scheme says).
+
+    A body that is a JSON object is one event, kept as the bytes received. A body that is an array,
+    where events carry their own ids in the body (SendGrid's, HubSpot's), is one event per element, in
+    its order, each with its id and type read from the element and kept as the element's canonical
+    JSON (``canonical``): the signature covers the whole delivery, and was checked here."""
     authenticate(settings, keys, method=method, url=url, headers=headers, body=body, now=now)
     lowered = _lowered(headers)
     payload = _json(body)
-    if settings.scheme == "stripe":
-        return VerifiedEvent(_body_field(payload, "id"), _body_field(payload, "type"), payload)
-    if settings.scheme == "standard":
-        event_id = _event_key(lowered["webhook-id"].strip(), "the webhook-id header")
-        return VerifiedEvent(event_id, _body_field(payload, "type"), payload)
-    if settings.scheme == "hubspot_v3":
-        # HubSpot sends a list of events; the first one names the delivery.
-        if not isinstance(payload, list) or not payload or not isinstance(payload[0], dict):
-            raise PayloadInvalid("the body is not a list of HubSpot events")
-        first = payload[0]
-        return VerifiedEvent(_body_field(first, "eventId"), _body_field(first, "subscriptionType"), payload)
+    id_from, type_from = _SOURCES.get(settings.scheme, (settings.event_id, settings.event_type))
+    if isinstance(payload, list) and id_from.startswith("body:"):
+        if not payload:
+            raise PayloadInvalid("the body is an empty list of events")
+        events = []
+        for number, element in enumerate(payload, start=1):
+            where = f"event #{number} of the body"
+            if not isinstance(element, dict):
+                raise PayloadInvalid(f"{where} is not a JSON object")
+            events.append(_event(element, canonical(element), id_from, type_from, lowered, where))
+        return tuple(events)
+    return (_event(payload, body, id_from, type_from, lowered, "the body"),)
+
+
+def canonical(element: Any) -> bytes:
+    """An event of an array body as the ledger keeps it: compact JSON, keys sorted, UTF-8 (all of it
+    ASCII with ``\\u`` escapes when some text is not valid Unicode). The same event batched otherwise
+    is kept as the same bytes."""
+    try:
+        return json.dumps(element, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's escapes allow
+        return json.dumps(element, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _event(
+    payload: Any, body: bytes, id_from: str, type_from: str, headers: dict[str, str], where: str
+) -> VerifiedEvent:
     return VerifiedEvent(
-        _from_source(settings.event_id, lowered, payload),
-        _from_source(settings.event_type, lowered, payload),
+        _from_source(id_from, headers, payload, where),
+        _from_source(type_from, headers, payload, where),
         payload,
+        body,
     )
 
 
@@ -153,6 +194,8 @@ def authenticate(
         _standard(settings, keys, lowered, body, now)
     elif settings.scheme == "hubspot_v3":
         _hubspot_v3(settings, keys, method, url, lowered, body, now)
+    elif settings.scheme == "sendgrid":
+        _sendgrid(settings, keys, lowered, body, now)
     else:
         _hmac_sha256(settings, keys, lowered, body)
 
@@ -222,6 +265,42 @@ def _hubspot_v3(
     _within(int(timestamp) / 1000, now, settings.tolerance)
 
 
+def _sendgrid(
+    settings: WebhookSettings, keys: Sequence[bytes], headers: dict[str, str], body: bytes, now: float
+) -> None:
+    """SendGrid's Signed Event Webhook: an ECDSA (P-256, SHA-256) signature, base64 of its DER, of the
+    timestamp header's text followed by the body."""
+    signature = _decoded(_base64, _required(headers, "X-Twilio-Email-Event-Webhook-Signature"))
+    timestamp = _required(headers, "X-Twilio-Email-Event-Webhook-Timestamp")
+    if not _DIGITS.match(timestamp):
+        raise SignatureInvalid(
+            "the X-Twilio-Email-Event-Webhook-Timestamp header is not whole seconds since the epoch"
+        )
+    signed = timestamp.encode("ascii") + body
+    if not signature or not any(_ecdsa_valid(key, signature, signed) for key in keys):
+        raise SignatureInvalid(
+            "the X-Twilio-Email-Event-Webhook-Signature header is not a signature of this body by the "
+            "provider's verification key"
+        )
+    _within(int(timestamp), now, settings.tolerance)
+
+
+@lru_cache(maxsize=64)
+def _public_key(der: bytes) -> ec.EllipticCurvePublicKey:
+    key = load_der_public_key(der)
+    if not isinstance(key, ec.EllipticCurvePublicKey):  # resolve_keys gives only these
+        raise ValueError("a SendGrid key is an elliptic-curve public key: resolve_keys gives it")
+    return key
+
+
+def _ecdsa_valid(der: bytes, signature: bytes, signed: bytes) -> bool:
+    try:
+        _public_key(der).verify(signature, signed, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
 def _hmac_sha256(
     settings: WebhookSettings, keys: Sequence[bytes], headers: dict[str, str], body: bytes
 ) -> None:
@@ -285,25 +364,25 @@ def _json(body: bytes) -> Any:
         raise PayloadInvalid("the body is not JSON") from None
 
 
-def _body_field(payload: Any, path: str) -> str:
+def _body_field(payload: Any, path: str, where: str) -> str:
     value = payload
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
-            raise PayloadInvalid(f"the body has no field {path!r}")
+            raise PayloadInvalid(f"{where} has no field {path!r}")
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise PayloadInvalid(f"the body's field {path!r} is not text or a whole number")
-    return _event_key(str(value), f"the body's field {path!r}")
+        raise PayloadInvalid(f"the field {path!r} of {where} is not text or a whole number")
+    return _event_key(str(value), f"the field {path!r} of {where}")
 
 
-def _from_source(source: str, headers: dict[str, str], payload: Any) -> str:
+def _from_source(source: str, headers: dict[str, str], payload: Any, where: str) -> str:
     kind, _, name = source.partition(":")
     if kind == "header":
         value = headers.get(name.lower(), "").strip()
         if not value:
             raise PayloadInvalid(f"the {name} header is missing")
         return _event_key(value, f"the {name} header")
-    return _body_field(payload, name)
+    return _body_field(payload, name, where)
 
 
 def _event_key(value: str, what: str) -> str:

@@ -5,6 +5,7 @@ how each event ended."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -24,6 +25,9 @@ import pytest
 import redis
 import requests
 from celery import Celery
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from integrations.errors import ConfigError
 from integrations.ledger import schema
@@ -44,6 +48,11 @@ SECRET = "hooks-secret-" + uuid.uuid4().hex
 CANARY = "body-canary-" + uuid.uuid4().hex  # in every body: it must reach neither the broker nor a log
 PROVIDER = "hooks"
 QUEUE = f"integrations.{PROVIDER}"
+MAIL = "mail"  # SendGrid, its events signed with ECDSA and batched in arrays
+MAIL_KEY = ec.generate_private_key(ec.SECP256R1())
+MAIL_PUBLIC_KEY = base64.b64encode(
+    MAIL_KEY.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+).decode()
 
 PROVIDERS = f"""
 [providers.{PROVIDER}]
@@ -57,6 +66,13 @@ backoff_max = 0.1
 scheme = "hmac_sha256"
 header = "X-Signature"
 secrets = ["env:TEST_HOOKS_WEBHOOK_SECRET"]
+
+[providers.{MAIL}]
+adapter = "sendgrid"
+base_url = "https://api.sendgrid.example"
+[providers.{MAIL}.webhooks]
+scheme = "sendgrid"
+secrets = ["env:TEST_SENDGRID_VERIFICATION_KEY"]
 """
 
 # The application's handlers: each call counted in Redis under the event's id, so the test sees how
@@ -99,6 +115,7 @@ def refused(event):
 
 def handlers():
     return {
+        ("mail", "*"): counted,
         ("hooks", "order.paid"): paid,
         ("hooks", "order.flaky"): flaky,
         ("*", "order.broken"): broken,
@@ -131,9 +148,13 @@ class Setup:
 
     def ended(self, event_id: str, timeout: float = 20.0) -> EventRecord:
         """The event once its handling ended (polled, with a deadline)."""
+        return self.store_ended(PROVIDER, event_id, timeout)
+
+    def store_ended(self, provider: str, event_id: str, timeout: float = 20.0) -> EventRecord:
+        """The event of ``provider`` once its handling ended (polled, with a deadline)."""
         deadline = time.monotonic() + timeout
         while True:
-            record = self.store.find(PROVIDER, event_id)
+            record = self.store.find(provider, event_id)
             if record is not None and record.status.ended:
                 return record
             if time.monotonic() > deadline:
@@ -143,6 +164,25 @@ class Setup:
 
 def event_body(event_id: str, event_type: str) -> bytes:
     return json.dumps({"id": event_id, "type": event_type, "data": {"amount": 1200, "note": CANARY}}).encode()
+
+
+def sendgrid_signed(body: bytes) -> dict[str, str]:
+    """Signed as SendGrid's Signed Event Webhook signs: ECDSA P-256, SHA-256, over timestamp + body."""
+    timestamp = str(int(time.time()))
+    signature = MAIL_KEY.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+    }
+
+
+def sendgrid_batch(*events: dict[str, str]) -> bytes:
+    """A SendGrid Event Webhook body: a JSON array of events, each with its own ``sg_event_id``."""
+    return (
+        json.dumps([{"email": "ann@example.com", "timestamp": 1767225600} | e for e in events]).encode()
+        + b"\r\n"
+    )
 
 
 def signed(body: bytes) -> dict[str, str]:
@@ -174,6 +214,7 @@ def setup(
         PYTHONPATH=os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
         PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"),
         TEST_HOOKS_WEBHOOK_SECRET=SECRET,
+        TEST_SENDGRID_VERIFICATION_KEY=MAIL_PUBLIC_KEY,
         HANDLER_REDIS_URL=handler_url,
         PYTHONUNBUFFERED="1",
     )
@@ -186,7 +227,8 @@ def setup(
     store = EventStore.connect(database)
     process, url = start(env, folder, folder / "receiver.log")
     try:
-        with running_worker(app, env, [QUEUE, "integrations.maintenance"], folder, loglevel="INFO") as worker:
+        queues = [QUEUE, f"integrations.{MAIL}", "integrations.maintenance"]
+        with running_worker(app, env, queues, folder, loglevel="INFO") as worker:
             yield Setup(url, env, folder, store, handler_redis, app, worker)
     finally:
         stop(process)
@@ -305,6 +347,58 @@ def test_an_event_whose_message_was_not_sent_is_handled_after_a_sweep(setup: Set
 
     assert setup.ended(event_id).status is EventStatus.HANDLED
     assert setup.calls(event_id) == 1
+
+
+def test_a_sendgrid_batch_of_three_is_three_events_each_handled_and_linked(setup: Setup) -> None:
+    ledger = Ledger(setup.store.engine)
+    keys = [f"mail-{uuid.uuid4().hex}" for _ in range(2)]
+    sent, bounced = (
+        ledger.enqueue(NewOperation(MAIL, "send_mail", key, "fingerprint", {}, None))[0] for key in keys
+    )
+    ids = [f"sg-{uuid.uuid4().hex}" for _ in range(4)]
+    batch = sendgrid_batch(
+        {"sg_event_id": ids[0], "event": "delivered", "idempotency_key": keys[0]},
+        {"sg_event_id": ids[1], "event": "bounce", "idempotency_key": keys[1], "note": CANARY},
+        {"sg_event_id": ids[2], "event": "open", "idempotency_key": keys[0]},
+    )
+    url = f"{setup.receiver}/webhooks/{MAIL}"
+
+    answer = requests.post(url, data=batch, headers=sendgrid_signed(batch), timeout=10)
+
+    assert answer.status_code == 202, answer.text
+    assert [event["event_id"] for event in answer.json()["events"]] == ids[:3]
+    records = [setup.store_ended(MAIL, event_id) for event_id in ids[:3]]
+    assert [(record.type, record.status) for record in records] == [
+        ("delivered", EventStatus.HANDLED),
+        ("bounce", EventStatus.HANDLED),
+        ("open", EventStatus.HANDLED),
+    ]
+    assert [setup.calls(event_id) for event_id in ids[:3]] == [1, 1, 1]
+    # Each event of the batch is linked by itself, to the operation it names.
+    assert [(record.operation_id, record.relation) for record in records] == [
+        (sent.id, Relation.CONFIRMS),
+        (bounced.id, Relation.CONTRADICTS),
+        (None, None),
+    ]
+    bounce = setup.store.find(MAIL, ids[1])
+    assert bounce is not None and bounce.body is not None
+    assert json.loads(bounce.body)["sg_event_id"] == ids[1]  # the element, not the batch
+
+    # SendGrid delivers again, batched otherwise: only the event not stored yet is new.
+    again = sendgrid_batch(
+        {"sg_event_id": ids[2], "event": "open", "idempotency_key": keys[0]},
+        {"sg_event_id": ids[3], "event": "click"},
+    )
+    redelivered = requests.post(url, data=again, headers=sendgrid_signed(again), timeout=10)
+
+    assert redelivered.status_code == 202, redelivered.text
+    stored_before, new = redelivered.json()["events"]
+    assert (stored_before["id"], new["event_id"]) == (records[2].id, ids[3])
+    assert setup.store_ended(MAIL, ids[3]).status is EventStatus.HANDLED
+    assert [setup.calls(event_id) for event_id in ids] == [1, 1, 1, 1]
+    assert sorted(
+        record.event_id for record in setup.store.list(provider=MAIL) if record.event_id in ids
+    ) == sorted(ids)
 
 
 def test_no_body_reaches_a_log(setup: Setup) -> None:

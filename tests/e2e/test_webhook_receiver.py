@@ -194,13 +194,15 @@ def test_a_signed_stripe_delivery_is_stored_as_received_then_answered_202(server
     assert answer.status_code == 202, answer.text
     record = server.store.find("stripe", event_id)
     assert record is not None
-    assert answer.json() == {
+    stored = {
         "id": record.id,
         "provider": "stripe",
         "event_id": event_id,
         "type": "payment_intent.succeeded",
         "status": "received",
     }
+    # The event's fields, as a delivery of one event has always been answered, and the list of them.
+    assert answer.json() == stored | {"events": [stored]}
     assert record.body == body  # the bytes received, as signed
     assert record.status is EventStatus.RECEIVED
 
@@ -333,6 +335,10 @@ def test_the_openapi_document_describes_the_routes_and_their_answers(server: Ser
     assert [parameter["name"] for parameter in deliver["parameters"]] == ["provider"]
     assert set(document["paths"]["/healthz"]["get"]["responses"]) == {"200", "503"}
     assert set(document["paths"]) == {"/webhooks/{provider}", "/healthz"}
+    accepted = deliver["responses"]["202"]["content"]["application/json"]["schema"]["$ref"]
+    schema = document["components"]["schemas"][accepted.rsplit("/", 1)[1]]
+    assert {"id", "event_id", "type", "events"} <= set(schema["required"])
+    assert "one per element for an array of events" in schema["properties"]["events"]["description"]
 
 
 def test_health_is_200_while_the_ledger_answers(server: Server) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from integrations.errors import ConfigError
 from integrations.providers import load_providers, parse_providers
@@ -59,7 +61,7 @@ def test_the_plan_s_table_loads_with_its_defaults(tmp_path: Path) -> None:
         (
             {"scheme": "sha1", "secrets": ["env:K"]},
             "webhooks.scheme",
-            "'stripe', 'standard', 'hubspot_v3' or",
+            "'stripe', 'standard', 'hubspot_v3', 'sendgrid' or 'hmac_sha256'",
         ),
         ({"scheme": "stripe"}, "webhooks.secrets", "required key is missing"),
         ({"scheme": "stripe", "secrets": []}, "webhooks.secrets", "one secret reference or more"),
@@ -186,3 +188,40 @@ def test_every_secret_that_cannot_be_had_is_named_with_the_file(monkeypatch: pyt
         "file /nonexistent/k: No such file or directory",
     ]
     assert "not*base64" not in str(refused.value)
+
+
+def test_a_sendgrid_key_is_its_public_key_in_base64_der_or_pem(monkeypatch: pytest.MonkeyPatch) -> None:
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    der = public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    monkeypatch.setenv("SENDGRID_KEY_AS_SHOWN", base64.b64encode(der).decode())  # as SendGrid shows it
+    monkeypatch.setenv("SENDGRID_KEY_PEM", pem)
+    settings = webhooks_of(
+        {"scheme": "sendgrid", "secrets": ["env:SENDGRID_KEY_AS_SHOWN", "env:SENDGRID_KEY_PEM"]}
+    )
+    assert settings is not None and settings.tolerance == 300.0
+    assert resolve_keys("acme", settings) == (der, der)
+
+
+def test_a_sendgrid_key_that_is_not_a_p256_public_key_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    other_curve = ec.generate_private_key(ec.SECP384R1()).public_key()
+    monkeypatch.setenv(
+        "SENDGRID_KEY_P384",
+        base64.b64encode(other_curve.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode(),
+    )
+    monkeypatch.setenv("SENDGRID_KEY_HMAC", "a-shared-secret-where-a-public-key-belongs")
+    settings = webhooks_of(
+        {"scheme": "sendgrid", "secrets": ["env:SENDGRID_KEY_P384", "env:SENDGRID_KEY_HMAC"]}
+    )
+    assert settings is not None
+    with pytest.raises(ConfigError) as refused:
+        resolve_keys("mail", settings, source="providers.toml")
+    assert str(refused.value).splitlines() == [
+        "providers.toml: [providers.mail.webhooks] key 'secrets.0': the secret env:SENDGRID_KEY_P384 is not "
+        "an ECDSA P-256 public key, as SendGrid signs with: copy the verification key again from SendGrid's "
+        "Mail Settings, Signed Event Webhook",
+        "providers.toml: [providers.mail.webhooks] key 'secrets.1': the secret env:SENDGRID_KEY_HMAC is not "
+        "a public key in PEM or base64 DER: copy the verification key again from SendGrid's Mail Settings, "
+        "Signed Event Webhook",
+    ]
+    assert "shared-secret" not in str(refused.value)

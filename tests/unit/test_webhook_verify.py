@@ -11,14 +11,19 @@ import hmac
 import io
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integrations.webhooks.settings import WebhookSettings, resolve_keys
+from integrations.webhooks.store import EventStore, NewEvent
 from integrations.webhooks.verify import (
     BodyTooLarge,
     PayloadInvalid,
@@ -28,6 +33,7 @@ from integrations.webhooks.verify import (
     VerifiedEvent,
     WebhookRefused,
     authenticate,
+    canonical,
     read_body,
     verify,
 )
@@ -43,9 +49,13 @@ SECRETS = {
     "hmac_sha256": "gh-secret",
 }
 OLD_SECRETS = {"stripe": "whsec_stripe_previous", "hubspot_v3": "hubspot-old-secret", "hmac_sha256": "gh-old"}
+# With the sendgrid scheme, a "secret" here is the seed of a key pair made by the test: SendGrid signs with
+# the private key, the providers file holds the public one (``configured``).
+SENDGRID_SEEDS = ("sendgrid-current-key", "sendgrid-previous-key")
+SECRETS["sendgrid"], OLD_SECRETS["sendgrid"] = SENDGRID_SEEDS
 GITHUB = {"header": "X-Hub-Signature-256", "prefix": "sha256=", "event_id": "header:X-GitHub-Delivery"}
-SCHEMES = ["stripe", "standard", "hubspot_v3", "hmac_sha256"]
-TIMED = ["stripe", "standard", "hubspot_v3"]
+SCHEMES = ["stripe", "standard", "hubspot_v3", "sendgrid", "hmac_sha256"]
+TIMED = ["stripe", "standard", "hubspot_v3", "sendgrid"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,34 @@ def hubspot_delivery(
     return Delivery(headers, body, url=url)
 
 
+def sendgrid_private_key(seed: str) -> ec.EllipticCurvePrivateKey:
+    """A P-256 key pair of the test's own, the same for the same seed."""
+    number = int.from_bytes(hashlib.sha256(seed.encode()).digest()) % (2**255)
+    return ec.derive_private_key(number + 1, ec.SECP256R1())
+
+
+def sendgrid_public_key(seed: str) -> str:
+    """The public key as SendGrid's settings show it: the base64 of its DER."""
+    public = sendgrid_private_key(seed).public_key()
+    return base64.b64encode(public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()
+
+
+def sendgrid_delivery(seed: str, body: bytes, at: float) -> Delivery:
+    """Signed as SendGrid's Signed Event Webhook signs: ECDSA P-256 with SHA-256 over the timestamp's
+    text followed by the body, the DER signature in base64."""
+    t = str(int(at))
+    # Deterministic (RFC 6979), so a delivery signed twice is the same delivery: hypothesis replays them.
+    algorithm = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+    signature = sendgrid_private_key(seed).sign(t.encode() + body, algorithm)
+    return Delivery(
+        {
+            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": t,
+        },
+        body,
+    )
+
+
 def github_delivery(secret: str, body: bytes, at: float) -> Delivery:
     signature = "sha256=" + _hmac(secret.encode(), body).hex()
     return Delivery({"X-Hub-Signature-256": signature, "X-GitHub-Delivery": "72d3162e"}, body)
@@ -97,12 +135,15 @@ BODIES = {
     "standard": b'{"type":"contact.created","timestamp":"2026-01-01T00:00:00Z","data":{"id":"1f81eb52"}}',
     "hubspot_v3": b'[{"eventId": 1001, "subscriptionType": "contact.creation", "objectId": 123},'
     b' {"eventId": 1002, "subscriptionType": "contact.deletion", "objectId": 124}]',
+    "sendgrid": b'[{"email":"a@example.com","event":"delivered","sg_event_id":"sg-1","timestamp":1767225590},'
+    b'{"email":"b@example.com","event":"bounce","sg_event_id":"sg-2","timestamp":1767225595}]\r\n',
     "hmac_sha256": b'{"id": 7, "type": "push", "ref": "refs/heads/main"}',
 }
 EXPECTED = {
     "stripe": ("evt_1NG8Du2eZvKYlo2C", "payment_intent.succeeded"),
     "standard": ("msg_2KWPBgLlAfx", "contact.created"),
     "hubspot_v3": ("1001", "contact.creation"),
+    "sendgrid": ("sg-1", "delivered"),
     "hmac_sha256": ("72d3162e", "push"),
 }
 
@@ -112,9 +153,15 @@ def sign(scheme: str, secret: str, body: bytes, at: float = NOW) -> Delivery:
         "stripe": stripe_delivery,
         "standard": standard_delivery,
         "hubspot_v3": hubspot_delivery,
+        "sendgrid": sendgrid_delivery,
         "hmac_sha256": github_delivery,
     }
     return signers[scheme](secret, body, at)
+
+
+def configured(scheme: str, secret: str) -> str:
+    """What the providers file references for ``secret``: SendGrid's public key, else the secret."""
+    return sendgrid_public_key(secret) if scheme == "sendgrid" else secret
 
 
 def current(scheme: str) -> str:
@@ -130,7 +177,7 @@ def webhooks(scheme: str, monkeypatch: pytest.MonkeyPatch, *secrets: str, **tabl
     set in the environment as ``env:`` references."""
     references = []
     for index, secret in enumerate(secrets or (current(scheme),)):
-        monkeypatch.setenv(f"ACME_WEBHOOK_SECRET_{index}", secret)
+        monkeypatch.setenv(f"ACME_WEBHOOK_SECRET_{index}", configured(scheme, secret))
         references.append(f"env:ACME_WEBHOOK_SECRET_{index}")
     extra = GITHUB if scheme == "hmac_sha256" and "header" not in table else {}
     provider = provider_settings("acme", webhooks={"scheme": scheme, "secrets": references} | extra | table)
@@ -139,6 +186,11 @@ def webhooks(scheme: str, monkeypatch: pytest.MonkeyPatch, *secrets: str, **tabl
 
 
 def check(settings: WebhookSettings, delivery: Delivery, now: float = NOW) -> VerifiedEvent:
+    """The delivery's first event (the one ``EXPECTED`` names)."""
+    return check_all(settings, delivery, now)[0]
+
+
+def check_all(settings: WebhookSettings, delivery: Delivery, now: float = NOW) -> tuple[VerifiedEvent, ...]:
     keys = resolve_keys("acme", settings)
     return verify(
         settings,
@@ -181,8 +233,142 @@ def test_an_authentic_delivery_gives_its_event_id_and_type(
     settings = webhooks(scheme, monkeypatch)
     event = check(settings, sign(scheme, current(scheme), BODIES[scheme]))
     assert (event.event_id, event.event_type) == EXPECTED[scheme]
-    assert event.payload == json.loads(BODIES[scheme])
-    assert "payload" not in repr(event)  # a repr that reaches a log shows no body
+    parsed = json.loads(BODIES[scheme])
+    assert event.payload == (parsed[0] if isinstance(parsed, list) else parsed)
+    assert "payload" not in repr(event) and "body" not in repr(event)  # a repr that reaches a log
+
+
+def test_sendgrid_s_published_test_vector_passes() -> None:
+    """The vector of SendGrid's own library (sendgrid-python, test/unit/test_eventwebhook.py): its public
+    key as SendGrid's settings show it, and a body with the trailing CRLF SendGrid sends."""
+    settings = WebhookSettings(scheme="sendgrid", secrets=["env:UNUSED"])
+    key = base64.b64decode(
+        "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw+2fNNRaIN"
+        "XvVpiglSI8eNEc6wEA3F+g=="
+    )
+    headers = {
+        "X-Twilio-Email-Event-Webhook-Signature": "MEUCIGHQVtGj+Y3LkG9fLcxf3qfI10QysgDWmMOVmxG0u6ZUAiEAyBiXDWzM+uOe"
+        "5W0JuG+luQAbPIqHh89M15TluLtEZtM=",
+        "X-Twilio-Email-Event-Webhook-Timestamp": "1600112502",
+    }
+    event = {
+        "email": "hello@world.com",
+        "event": "dropped",
+        "reason": "Bounced Address",
+        "sg_event_id": "ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA",
+        "sg_message_id": "LRzXl_NHStOGhQ4kofSm_A.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0",
+        "smtp-id": "<LRzXl_NHStOGhQ4kofSm_A@ismtpd0039p1iad1.sendgrid.net>",
+        "timestamp": 1600112492,
+    }
+    body = json.dumps([event], sort_keys=True, separators=(",", ":")).encode() + b"\r\n"
+
+    [verified] = verify(settings, [key], method="POST", url=URL, headers=headers, body=body, now=1600112502)
+
+    assert (verified.event_id, verified.event_type, verified.payload) == (
+        event["sg_event_id"],
+        "dropped",
+        event,
+    )
+    with pytest.raises(SignatureInvalid):
+        authenticate(settings, [key], method="POST", url=URL, headers=headers, body=body[:-2], now=1600112502)
+
+
+@pytest.mark.parametrize("scheme", ["sendgrid", "hubspot_v3"])
+def test_an_array_body_is_one_event_per_element_kept_as_its_canonical_json(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = webhooks(scheme, monkeypatch)
+    elements = json.loads(BODIES[scheme])
+
+    events = check_all(settings, sign(scheme, current(scheme), BODIES[scheme]))
+
+    fields = {"sendgrid": ("sg_event_id", "event"), "hubspot_v3": ("eventId", "subscriptionType")}[scheme]
+    assert [(event.event_id, event.event_type) for event in events] == [
+        (str(element[fields[0]]), element[fields[1]]) for element in elements
+    ]
+    assert [event.payload for event in events] == elements
+    assert [json.loads(event.body) for event in events] == elements
+    # The same element in another batch, its keys in another order, is kept as the same bytes.
+    reordered = json.dumps([{"x": "é", **dict(reversed(elements[1].items()))}], ensure_ascii=False).encode()
+    [again] = check_all(settings, sign(scheme, current(scheme), reordered))
+    assert again.body == canonical({**elements[1], "x": "é"})
+    assert (
+        again.body
+        == json.dumps(
+            {**elements[1], "x": "é"}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+    )
+
+
+def test_an_array_body_whose_events_are_named_by_a_header_is_one_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = webhooks("hmac_sha256", monkeypatch, event_type="header:X-GitHub-Event")
+    body = b'[{"id": 1}, {"id": 2}]'
+    delivery = github_delivery(SECRETS["hmac_sha256"], body, NOW)
+    delivery = replace(delivery, headers=delivery.headers | {"X-GitHub-Event": "push"})
+    [event] = check_all(settings, delivery)
+    assert (event.event_id, event.event_type, event.body) == ("72d3162e", "push", body)
+
+
+def hubspot_batch(*event_ids: int) -> bytes:
+    return json.dumps(
+        [{"eventId": i, "subscriptionType": "contact.creation", "objectId": 500 + i} for i in event_ids]
+    ).encode()
+
+
+def test_a_hubspot_redelivery_batched_otherwise_stores_only_its_new_event(
+    monkeypatch: pytest.MonkeyPatch, ledger_url: str
+) -> None:
+    """As the receiver stores a delivery: every event verified, then all of them in one transaction."""
+    settings = webhooks("hubspot_v3", monkeypatch)
+    store = EventStore.connect(ledger_url)
+
+    def deliver(body: bytes) -> list[tuple[str, bool]]:
+        events = check_all(settings, sign("hubspot_v3", current("hubspot_v3"), body))
+        stored = store.store_all("hubspot", [NewEvent(e.event_id, e.event_type, e.body) for e in events])
+        return [(record.event_id, new) for record, new in stored]
+
+    try:
+        assert deliver(hubspot_batch(1, 2, 3)) == [("1", True), ("2", True), ("3", True)]
+        assert deliver(hubspot_batch(3, 4)) == [("3", False), ("4", True)]
+        assert deliver(hubspot_batch(2, 1, 4)) == [("2", False), ("1", False), ("4", False)]
+        # An event listed twice in one body is stored once.
+        assert deliver(hubspot_batch(5, 5)) == [("5", True), ("5", False)]
+
+        stored = store.list(provider="hubspot")
+        assert sorted(record.event_id for record in stored) == ["1", "2", "3", "4", "5"]
+        four = store.find("hubspot", "4")
+        assert four is not None and four.body is not None
+        assert json.loads(four.body) == {
+            "eventId": 4,
+            "subscriptionType": "contact.creation",
+            "objectId": 504,
+        }
+    finally:
+        store.engine.dispose()
+
+
+def test_overlapping_batches_stored_at_once_in_opposite_orders_store_each_event_once(ledger_url: str) -> None:
+    """Two receivers storing batches that share events, listed in opposite orders, at the same moment:
+    neither waits on the other for ever (PostgreSQL would abort one as a deadlock), and each event is new
+    for exactly one of them."""
+    store = EventStore.connect(ledger_url)
+    rounds, size = 20, 30
+
+    def deliver(batch: list[str]) -> list[tuple[str, bool]]:
+        stored = store.store_all("hubspot", [NewEvent(i, "contact.creation", b"{}") for i in batch])
+        return [(record.event_id, new) for record, new in stored]
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for round_ in range(rounds):
+                ids = [f"{round_}-{i:02d}" for i in range(size)]
+                answers = list(pool.map(deliver, [ids, ids[::-1], ids[::2], ids[::-3]]))
+                news = [event_id for answer in answers for event_id, new in answer if new]
+                assert sorted(news) == ids
+    finally:
+        store.engine.dispose()
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -216,6 +402,7 @@ SIGNATURE_HEADERS = {
     "stripe": "Stripe-Signature",
     "standard": "webhook-signature",
     "hubspot_v3": "X-HubSpot-Signature-v3",
+    "sendgrid": "X-Twilio-Email-Event-Webhook-Signature",
     "hmac_sha256": "X-Hub-Signature-256",
 }
 
@@ -238,6 +425,7 @@ def with_signature(scheme: str, delivery: Delivery, signature: bytes) -> Deliver
         "stripe": f"{delivery.headers[header].split(',')[0]},v1={signature.hex()}",
         "standard": f"v1,{encoded}",
         "hubspot_v3": encoded,
+        "sendgrid": encoded,
         "hmac_sha256": f"sha256={signature.hex()}",
     }[scheme]
     return replace(delivery, headers=delivery.headers | {header: value})
@@ -350,12 +538,19 @@ def test_a_body_that_is_not_json_after_a_valid_signature_is_refused_with_400(
     ("scheme", "body", "message"),
     [
         ("stripe", b'{"type": "charge.succeeded"}', "no field 'id'"),
-        ("stripe", b'{"id": true, "type": "charge.succeeded"}', "'id' is not text"),
+        ("stripe", b'{"id": true, "type": "charge.succeeded"}', "'id' of the body is not text"),
         ("stripe", b'{"id": "' + b"e" * 256 + b'", "type": "x"}', "1 to 255 characters"),
         ("standard", b'{"data": {}}', "no field 'type'"),
-        ("hubspot_v3", b"[]", "not a list of HubSpot events"),
-        ("hubspot_v3", b'{"eventId": 1}', "not a list of HubSpot events"),
-        ("hubspot_v3", b'[{"eventId": 1}]', "no field 'subscriptionType'"),
+        ("stripe", b'[{"id": "evt_1", "type": "x"}, 7]', "event #2 of the body is not a JSON object"),
+        ("hubspot_v3", b"[]", "the body is an empty list of events"),
+        ("hubspot_v3", b'{"eventId": 1}', "the body has no field 'subscriptionType'"),
+        ("hubspot_v3", b'[{"eventId": 1}]', "event #1 of the body has no field 'subscriptionType'"),
+        (
+            "sendgrid",
+            b'[{"sg_event_id": "a", "event": "open"}, {"event": "open"}]',
+            "#2 .* no field 'sg_event_id'",
+        ),
+        ("sendgrid", b'[{"sg_event_id": "a", "event": null}]', "'event' of event #1 of the body is not text"),
     ],
 )
 def test_an_authentic_body_without_the_event_s_id_or_type_is_refused_naming_the_field(
@@ -395,7 +590,7 @@ def test_hmac_sha256_in_base64_without_a_prefix_and_ids_from_the_body(
     body = b'{"data": {"event": {"id": "ev_9"}}}'
     signature = base64.b64encode(_hmac(SECRETS["hmac_sha256"].encode(), body)).decode()
     delivery = Delivery({"X-Signature": signature, "X-Event-Type": "invoice.paid"}, body)
-    assert check(settings, delivery) == VerifiedEvent("ev_9", "invoice.paid", json.loads(body))
+    assert check(settings, delivery) == VerifiedEvent("ev_9", "invoice.paid", json.loads(body), body)
 
     with pytest.raises(PayloadInvalid, match="X-Event-Type header is missing"):
         check(settings, replace(delivery, headers={"X-Signature": signature}))
@@ -519,6 +714,13 @@ def test_random_forged_deliveries_are_never_accepted(
             st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30)
         )
         forged = replace(genuine, headers=genuine.headers | {"webhook-id": other_id})
+    elif attack == "signed header" and scheme == "sendgrid":
+        moment = str(
+            int(genuine.headers["X-Twilio-Email-Event-Webhook-Timestamp"]) + data.draw(st.integers(1, 250))
+        )
+        forged = replace(
+            genuine, headers=genuine.headers | {"X-Twilio-Email-Event-Webhook-Timestamp": moment}
+        )
     elif attack == "signed header" and scheme == "hubspot_v3":
         moment = str(int(genuine.headers["X-HubSpot-Request-Timestamp"]) + data.draw(st.integers(1, 250_000)))
         forged = replace(genuine, headers=genuine.headers | {"X-HubSpot-Request-Timestamp": moment})
