@@ -80,9 +80,17 @@ def handle_event(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"provider": provider, "event": None, "status": "invalid_message"}
     current = runtime()
     policy = RetryPolicy.of(current.providers[provider].retry)
-    link = getattr(current.runner(provider).adapter, "event_link", None)
+    adapter = current.runner(provider).adapter
     try:
-        handling = handle(event_store(current), event, handlers(), policy, ledger=current.ledger, link=link)
+        handling = handle(
+            event_store(current),
+            event,
+            handlers(),
+            policy,
+            ledger=current.ledger,
+            link=adapter.event_link,
+            own=adapter.event_handlers(),
+        )
     except LedgerUnavailable as exc:
         log.error(
             "webhook event %s of %s: the ledger cannot be reached, tried again later: %s",

@@ -339,6 +339,13 @@ class Adapter:
         bodies the adapter may not know: anything unexpected is ``None``, never an exception."""
         return None
 
+    def event_handlers(self) -> Mapping[str, Sequence[Callable[[Event], None]]]:
+        """Handlers of this provider's webhook events, by event type (``"*"``: any type), run on the queue
+        before those application packages register, with the same retries (``handling.py`` says how a
+        handler fails). An adapter's own, since they may use its session and credentials: to read back
+        the object an event names, say. None by default."""
+        return {}
+
     def parse_response(self, spec: OperationSpec, response: requests.Response) -> BaseModel:
         """Parse a success into the operation's response model; a mismatch is a contract violation."""
         try:

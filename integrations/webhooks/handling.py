@@ -21,7 +21,8 @@ Every matching handler runs, the most specific first: ``(provider, type)``, ``(p
 ``("*", type)``, ``("*", "*")``. A failure of one fails the pass, and the next pass runs them all again:
 like the provider's own deliveries, handling is at least once, so a handler must tolerate an event twice.
 
-Adapters need no handler: the adapter's ``event_link(event)`` names the operation an event confirms or
+Adapters register theirs too: ``Adapter.event_handlers()`` (by event type, run first), and for linking
+they need no handler: the adapter's ``event_link(event)`` names the operation an event confirms or
 contradicts (by its idempotency key, or by the ``reference`` of what it made), and the event is recorded
 against that operation. An event with neither a handler nor a link ends ``unhandled``.
 """
@@ -195,10 +196,11 @@ def handle(
     *,
     ledger: Ledger | None = None,
     link: Linker | None = None,
+    own: Mapping[str, Sequence[Handler]] | None = None,
 ) -> Handling:
-    """One pass over the event ``id``: run its handlers, link it to its operation when ``link`` (the
-    adapter's ``event_link``) names one found in ``ledger``, and record the outcome in one
-    compare-and-set statement. An event that already ended is left as it is."""
+    """One pass over the event ``id``: run its handlers (``own``, the adapter's by event type, first), link
+    it to its operation when ``link`` (the adapter's ``event_link``) names one found in ``ledger``, and
+    record the outcome in one compare-and-set statement. An event that already ended is left as it is."""
     record = store.get(id)
     if record is None:
         log.warning("webhook event %s is not in the ledger (pruned?): nothing to handle", id)
@@ -212,7 +214,12 @@ def handle(
     except ValueError as exc:
         error = ErrorInfo(type=ErrorType.INVALID_REQUEST, message=f"{what}: {exc}")
         return _ended(store, record, EventStatus.FAILED, error)
-    matching = handlers.matching(record.provider, record.type)
+    adapters = own or {}
+    matching = [
+        *adapters.get(record.type, ()),
+        *adapters.get(ANY, ()),
+        *handlers.matching(record.provider, record.type),
+    ]
     try:
         named = link(event) if link is not None and ledger is not None else None
         for handler in matching:

@@ -488,3 +488,21 @@ def test_an_event_its_adapter_links_is_recorded_against_the_operation(ledger: Le
         Relation.CONTRADICTS,
     )
     assert [record.id for record in store.for_operation(operation.id)] == [linked.id]
+
+
+def test_an_adapters_own_handlers_run_first_then_the_registered_ones(ledger: Ledger) -> None:
+    store = EventStore(ledger.engine)
+    policy = RetryPolicy(3, ExponentialBackoff(base=0.05, cap=0.1))
+    ran: list[str] = []
+    registered = Handlers({("shop", "charge.failed"): (lambda event: ran.append("registered"),)})
+    own = {
+        "charge.failed": [lambda event: ran.append("adapter, by type")],
+        "*": [lambda event: ran.append("adapter, any type")],
+    }
+    record, _ = store.store("shop", f"evt_{uuid.uuid4().hex}", "charge.failed", b"{}")
+    other, _ = store.store("shop", f"evt_{uuid.uuid4().hex}", "charge.refunded", b"{}")
+
+    outcomes = [handle(store, each.id, registered, policy, own=own) for each in (record, other)]
+
+    assert ran == ["adapter, by type", "adapter, any type", "registered", "adapter, any type"]
+    assert [outcome.outcome for outcome in outcomes] == ["handled", "handled"]
