@@ -31,7 +31,7 @@ def operator_context() -> OperatorContext:
     settings = Settings()
     return OperatorContext(
         database_url=settings.database_url,
-        redis_url=settings.redis_url,
+        redis_url=settings.state_redis_url,
         providers_file=settings.providers_file,
         retention=settings.retention,
         dead_letter_retention=settings.dead_letter_retention,

@@ -16,5 +16,5 @@ from tasks.enqueue import resend
 
 def client() -> Client:
     settings = Settings()
-    loaded = Runtime.load(settings.providers_file, settings.database_url, settings.redis_url)
+    loaded = Runtime.load(settings.providers_file, settings.database_url, settings.state_redis_url)
     return Client(loaded.providers, loaded.adapter_classes, Ledger.connect(settings.database_url), resend)

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     # Redis: the result backend, and the broker unless BROKER_URL names another (e.g. amqp://).
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     broker_url_override: str | None = Field(None, validation_alias="BROKER_URL")
+    # The breakers', throttles' and shared tokens' state, when it lives on another Redis than the broker's;
+    # redis+cluster://host:port (rediss+cluster:// with TLS) names one node of a Redis Cluster.
+    state_redis_url_override: str | None = Field(None, validation_alias="INTEGRATIONS_STATE_REDIS_URL")
     # The ledger: a SQLite file by default (relative to the working directory); postgresql:// URLs work.
     database_url: str = Field("sqlite:///integrations.sqlite3", validation_alias="DATABASE_URL")
     providers_file: Path = Field(DEFAULT_PROVIDERS_FILE, validation_alias="INTEGRATIONS_PROVIDERS_FILE")
@@ -44,6 +47,10 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.broker_url_override or self.redis_url
+
+    @property
+    def state_redis_url(self) -> str:
+        return self.state_redis_url_override or self.redis_url
 
     @property
     def retention(self) -> timedelta:

@@ -196,7 +196,7 @@ class SharedOAuth2Token(Credentials):
         if isinstance(body.get("refresh_token"), str):
             register_secret(body["refresh_token"])
             mapping["refresh_token"] = body["refresh_token"]  # a provider that rotates refresh tokens
-        with self.client.pipeline() as pipe:
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.key, mapping=cast(Any, mapping))
             pipe.expire(self.key, KEEP)
             pipe.execute()

@@ -37,7 +37,7 @@ class Runtime:
     providers: dict[str, ProviderSettings]
     adapter_classes: dict[str, type[Adapter]]
     database_url: str
-    redis_url: str
+    redis_url: str  # the guards' and shared tokens' Redis (INTEGRATIONS_STATE_REDIS_URL), not the broker's
     retention: timedelta = timedelta(days=7)
     dead_letter_retention: timedelta = timedelta(days=30)
     sweep_grace: timedelta = timedelta(seconds=30)
@@ -69,7 +69,8 @@ class Runtime:
 
     @property
     def redis(self) -> redis.Redis:
-        """The client of the shared breaker and throttle (the broker's connections are Celery's)."""
+        """The client of the shared breakers, throttles and OAuth2 tokens, on ``redis_url`` (a Redis
+        Cluster with ``redis+cluster://``); the broker's and result backend's connections are Celery's."""
         if self._redis is None:
             self._redis = redis_client(self.redis_url)
         return self._redis

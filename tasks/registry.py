@@ -32,7 +32,7 @@ log = logging.getLogger("integrations.worker")
 def register_tasks(app: Celery, settings: Settings) -> Runtime:
     """Register every operation task and route it to ``integrations.<provider>``; returns the runtime
     built from the providers file (a bad file raises ``ConfigError`` here, before a worker starts)."""
-    loaded = Runtime.load(settings.providers_file, settings.database_url, settings.redis_url)
+    loaded = Runtime.load(settings.providers_file, settings.database_url, settings.state_redis_url)
     # Before any pool process counts: each writes its counts where `integrations metrics serve` reads them.
     metrics_dir()
     configure_runtime(
@@ -40,7 +40,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
             loaded.providers,
             loaded.adapter_classes,
             settings.database_url,
-            settings.redis_url,
+            settings.state_redis_url,
             retention=settings.retention,
             dead_letter_retention=settings.dead_letter_retention,
             sweep_grace=settings.sweep_interval,

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import redis
+from redis.exceptions import RedisClusterException
 from rich.console import Console
 
 from integrations.errors import IntegrationsError
@@ -28,7 +29,7 @@ class OperatorContext:
     a swept one's under its own task id (``resend``), and the sweeper's grace."""
 
     database_url: str
-    redis_url: str
+    redis_url: str  # the Redis of the breakers, throttles and shared tokens (INTEGRATIONS_STATE_REDIS_URL)
     providers_file: Path
     retention: timedelta
     dead_letter_retention: timedelta
@@ -52,9 +53,11 @@ def user_errors() -> Iterator[None]:
     """Errors a user can fix end the command with their message, not a traceback."""
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         where = current().redis_url.rsplit("@", 1)[-1]
-        raise click.ClickException(f"Redis at {where} (REDIS_URL) cannot be reached: {exc}") from exc
+        raise click.ClickException(
+            f"Redis at {where} (INTEGRATIONS_STATE_REDIS_URL, else REDIS_URL) cannot be reached: {exc}"
+        ) from exc
     except (IntegrationsError, LookupError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 

@@ -21,7 +21,7 @@ import redis
 
 from integrations import keys
 from integrations.providers import BreakerSettings
-from integrations.resilience.scripts import script
+from integrations.resilience.scripts import script, server_time_ms
 
 
 class BreakerState(StrEnum):
@@ -145,14 +145,14 @@ class SharedBreaker:
         """Hold the breaker open (a maintenance window) until ``close`` or for ``seconds``."""
         now_ms = self._now_ms()
         until = 0 if seconds is None else now_ms + int(seconds * 1000)
-        with self.client.pipeline() as pipe:
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.key, mapping={"forced": "open", "forced_until": until})
             pipe.persist(self.key) if seconds is None else pipe.pexpire(self.key, KEY_TTL_MS)
             pipe.execute()
 
     def close(self) -> None:
         """End any forcing and start closed with fresh counts."""
-        with self.client.pipeline() as pipe:
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(self.key, self.window_key)
             pipe.execute()
 
@@ -160,9 +160,8 @@ class SharedBreaker:
         with self.client.pipeline() as pipe:
             pipe.hgetall(self.key)
             pipe.hgetall(self.window_key)
-            pipe.time()
-            fields, window, (seconds, micros) = pipe.execute()
-        now = self.clock() if self.clock else int(seconds) * 1000 + int(micros) // 1000
+            fields, window = pipe.execute()
+        now = self._now_ms()
         slots = {k: int(v) for k, v in window.items()}
         period = int(now // (self.settings.window * 1000 / WINDOW_SLOTS))
         calls = failures = 0
@@ -193,7 +192,7 @@ class SharedBreaker:
         )
 
     def _now_ms(self) -> int:
-        return self.clock() if self.clock else now_ms(self.client)
+        return self.clock() if self.clock else server_time_ms(self.client, self.key)
 
     def _injected(self) -> str:
         return "" if self.clock is None else str(self.clock())

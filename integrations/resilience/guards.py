@@ -22,7 +22,14 @@ log = logging.getLogger("integrations.resilience")
 
 # Redis out of reach, as opposed to Redis answering with an error (a bug or a misconfiguration, which is
 # not waited out: it goes up as an internal error, named in the log).
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+UNREACHABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    # A Redis Cluster none of whose nodes answers, or that has lost a slot's owner.
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ClusterDownError,
+)
 
 # How soon an operation looks again when Redis is down, or while another worker's probe is in flight.
 REDIS_DOWN_WAIT = 5.0

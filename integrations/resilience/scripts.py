@@ -4,19 +4,57 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.resources import files
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
+
+from integrations.errors import ConfigError
 
 # Fail fast: a worker waiting on a Redis that does not answer holds a slot other work could use.
 SOCKET_TIMEOUT = 2.0
 
+# A URL of one node of a Redis Cluster: the client finds the other nodes and each slot's owner from it.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
 
 def redis_client(url: str) -> redis.Redis:
-    """A client that hands back ``str`` (every caller in this package expects that)."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+    """A client that hands back ``str`` (every caller in this package expects that).
+
+    ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) gives a ``RedisCluster``. It serves
+    every command the guards send, since each call touches the keys of one provider, which share a hash
+    slot (``integrations.keys``); it is typed as ``Redis`` so that callers need not tell the two apart.
+    """
+    options = {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+    }
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES.get(parts.scheme)
+    if scheme is None:
+        return redis.Redis.from_url(url, **options)
+    if parts.path.strip("/") not in ("", "0") or "db=" in parts.query:
+        where = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+        raise ConfigError(
+            f"{where}: a Redis Cluster has only database 0: leave the database out of the URL "
+            f"({parts.scheme}://host:port)"
+        )
+    cluster = RedisCluster.from_url(  # type: ignore[no-untyped-call]
+        urlunsplit(parts._replace(scheme=scheme)), **options
     )
+    return cast(redis.Redis, cluster)
+
+
+def server_time_ms(client: redis.Redis, key: str) -> int:
+    """The clock of the Redis that holds ``key``, in ms: the one clock every worker shares. On a Redis
+    Cluster it is the clock of the node that owns ``key``'s slot, which the scripts on that provider's keys
+    read (TIME alone names no key, and redis-py refuses it in a cluster pipeline)."""
+    answer: Any = client.eval("return redis.call('TIME')", 1, key)  # typed as maybe-awaitable
+    seconds, micros = answer
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 @cache

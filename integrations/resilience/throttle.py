@@ -18,8 +18,7 @@ import redis
 
 from integrations import keys
 from integrations.providers import ProviderSettings, Rate
-from integrations.resilience.breaker import now_ms
-from integrations.resilience.scripts import script
+from integrations.resilience.scripts import script, server_time_ms
 
 # A reservation outlives its slot by this much, for a message that comes back late (a busy worker).
 RESERVATION_GRACE_MS = 10 * 60 * 1000
@@ -105,24 +104,18 @@ class Throttle:
         return max(0.0, (int(until_ms) - self._now_ms()) / 1000)
 
     def paused_for(self) -> float:
-        with self.client.pipeline() as pipe:
-            pipe.hget(self.bucket_key, "pause")
-            pipe.time()
-            value, (seconds, micros) = pipe.execute()
-        now = self.clock() if self.clock else int(seconds) * 1000 + int(micros) // 1000
+        value = cast(str | None, self.client.hget(self.bucket_key, "pause"))
+        now = self._now_ms()
         return max(0.0, (float(value or 0) - now) / 1000)
 
     def _now_ms(self) -> float:
-        return self.clock() if self.clock else now_ms(self.client)
+        return self.clock() if self.clock else server_time_ms(self.client, self.bucket_key)
 
     def used(self) -> int:
         """Calls let through by every worker over about the last minute: the current 10-second slot of
         the bucket's ring (``throttle.lua``) and the five before it."""
-        with self.client.pipeline() as pipe:
-            pipe.hgetall(self.bucket_key)
-            pipe.time()
-            fields, (seconds, micros) = pipe.execute()
-        now = self.clock() if self.clock else int(seconds) * 1000 + int(micros) // 1000
+        fields = cast(dict[str, str], self.client.hgetall(self.bucket_key))
+        now = self._now_ms()
         period = int(now // USAGE_SLOT_MS)
         return sum(
             int(fields.get(f"u{ring}", 0))
@@ -150,7 +143,7 @@ class Throttle:
     def set_limits(self, rate: Rate, burst: int | None = None) -> Limits:
         """Override the file's rate (and burst) for every worker, until ``reset_limits``."""
         size = burst or max(1, round(rate.per_second))
-        with self.client.pipeline() as pipe:
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 self.limits_key, mapping={"rate": repr(rate.per_second), "burst": size, "text": rate.text}
             )
@@ -162,7 +155,7 @@ class Throttle:
 
     def reset_limits(self) -> Limits:
         """Back to the providers file's rate, and end any pause."""
-        with self.client.pipeline() as pipe:
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(self.limits_key)
             pipe.hdel(self.bucket_key, "v", "a", "pause")
             pipe.execute()

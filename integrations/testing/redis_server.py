@@ -8,13 +8,17 @@ PATH. It listens on a free loopback port, keeps nothing on disk, and stops when 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -130,3 +134,132 @@ def redis_for(url: str | None = None) -> Iterator[tuple[str, bool]]:
         return
     with private_redis() as private_url:
         yield private_url, True
+
+
+CLUSTER_SLOTS = 16384
+
+
+class RedisClusterServers:
+    """A throw-away Redis Cluster of ``nodes`` primaries (no replicas) on free loopback ports, keeping
+    nothing on disk: each node a ``redis-server --cluster-enabled yes``, the slots shared out with
+    ``CLUSTER ADDSLOTS`` and the nodes joined with ``CLUSTER MEET``, as ``redis-cli --cluster create``
+    does. ``url`` is a ``redis+cluster://`` URL of the first node."""
+
+    def __init__(self, nodes: int = 3, startup_timeout: float = 10.0) -> None:
+        self.binary = redis_server_binary()
+        self.folder = tempfile.mkdtemp(prefix="integrations-redis-cluster-")
+        self.ports = _free_cluster_ports(nodes)
+        self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
+        self.startup_timeout = startup_timeout
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        for port in self.ports:
+            self.processes.append(self._spawn(port))
+        clients = [redis.Redis(port=port, socket_timeout=2.0, decode_responses=True) for port in self.ports]
+        try:
+            for port, process, client in zip(self.ports, self.processes, clients, strict=True):
+                self._wait(partial(_answers, client), process, port, deadline)
+            share = CLUSTER_SLOTS // len(clients)
+            for index, client in enumerate(clients):
+                last = CLUSTER_SLOTS - 1 if index == len(clients) - 1 else (index + 1) * share - 1
+                client.cluster("ADDSLOTS", *range(index * share, last + 1))
+            for port in self.ports[1:]:
+                clients[0].cluster("MEET", "127.0.0.1", port)
+            for port, process, client in zip(self.ports, self.processes, clients, strict=True):
+                self._wait(partial(_cluster_ok, client, len(clients)), process, port, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for client in clients:
+                client.close()
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        folder = os.path.join(self.folder, str(port))
+        os.makedirs(folder)
+        command = [
+            self.binary,
+            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            *("--dir", folder, "--daemonize", "no", "--logfile", os.path.join(folder, "redis.log")),
+        ]
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def _wait(
+        self, ready: Callable[[], bool], process: subprocess.Popen[bytes], port: int, deadline: float
+    ) -> None:
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = Path(self.folder, str(port), "redis.log")
+                tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+                raise RuntimeError(
+                    f"{self.binary}: the cluster node on port {port} did not become ready (exit status "
+                    f"{process.poll()}): " + (" | ".join(tail) or "no log")
+                )
+            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+
+    def stop(self) -> None:
+        processes, self.processes = self.processes, []
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _free_cluster_ports(count: int) -> list[int]:
+    """Free loopback ports whose cluster bus port (the port + 10000, fixed before Redis 7) is free too."""
+    ports: list[int] = []
+    for port in random.sample(range(20000, 55000), 200):
+        if _bindable(port) and _bindable(port + 10000):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"no {count} free loopback ports (with port + 10000 free) for a Redis Cluster")
+
+
+def _bindable(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _cluster_ok(client: redis.Redis, nodes: int) -> bool:
+    """The node sees every slot served and every other node (``cluster_state:ok``)."""
+    try:
+        info: Any = client.cluster("INFO")
+    except (redis.RedisError, OSError):
+        return False
+    return info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == nodes
+
+
+@contextmanager
+def private_redis_cluster(nodes: int = 3, startup_timeout: float = 10.0) -> Iterator[str]:
+    """Start a throw-away Redis Cluster and yield its ``redis+cluster://`` URL; stop it afterwards."""
+    servers = RedisClusterServers(nodes, startup_timeout)
+    try:
+        servers.start()
+        yield servers.url
+    finally:
+        servers.remove()
