@@ -379,7 +379,9 @@ def test_alert_rule_names_only_served_metrics(rule: dict[str, Any]) -> None:
 
 def test_every_alert_is_unit_tested_firing_and_silent() -> None:
     cases = [case for test in load_yaml(ALERTS_TEST)["tests"] for case in test["alert_rule_test"]]
-    for rule in alert_rules():
+    rules = alert_rules()
+    assert rules, f"{ALERTS}: no alert rules found"
+    for rule in rules:
         name = rule["alert"]
         own = [case for case in cases if case["alertname"] == name]
         assert any(case.get("exp_alerts") for case in own), f"{ALERTS_TEST}: no case where {name} fires"
@@ -414,7 +416,9 @@ def test_dashboard_query_names_only_served_metrics(where: str) -> None:
 
 def test_dashboard_legends_show_labels_their_queries_keep() -> None:
     queries = dashboard_queries()
-    for where, labels in legend_labels().items():
+    legends = legend_labels()
+    assert legends, f"{DASHBOARD}: no panel legend found"
+    for where, labels in legends.items():
         kept = selected(queries[where]).grouped
         assert labels <= kept, (
             f"{where} in {DASHBOARD}: the legend shows {labels - kept}, not kept by its query"
