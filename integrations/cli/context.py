@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +78,8 @@ def one_reference(reference: tuple[str, ...], provider: str | None, usage: str) 
     if len(reference) == 2:
         return reference[0], reference[1]
     return provider, reference[0]
+
+
+def when(moment: datetime | None) -> str:
+    """A moment as the operator commands print it (UTC), or ``-``."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"

@@ -10,7 +10,7 @@ from datetime import datetime
 import click
 
 from integrations.cli.audit import SINCE, audited, record_action
-from integrations.cli.context import current, one_reference, print_json, user_errors
+from integrations.cli.context import current, one_reference, print_json, user_errors, when
 from integrations.ledger.records import AuditAction
 from integrations.webhooks.handling import reset_for_replay
 from integrations.webhooks.store import EventRecord, EventStatus, EventStore, body_text
@@ -25,10 +25,6 @@ def events() -> None:
 
 def _store() -> EventStore:
     return EventStore.connect(current().database_url)
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
 def _outcome_lines(record: EventRecord) -> list[str]:
@@ -77,7 +73,7 @@ def events_list(
     for record in records:
         click.echo(
             f"{record.id}  {record.status.value}  {record.provider}  {record.type}  "
-            f"event={record.event_id}  attempts={record.attempts}  received {_when(record.received_at)}"
+            f"event={record.event_id}  attempts={record.attempts}  received {when(record.received_at)}"
         )
         for line in _outcome_lines(record):
             click.echo(line)

@@ -12,7 +12,15 @@ from rich.table import Table
 
 from integrations import batch
 from integrations.cli.audit import DURATION, SINCE, audited, record_action
-from integrations.cli.context import console, current, one_reference, open_ledger, print_json, user_errors
+from integrations.cli.context import (
+    console,
+    current,
+    one_reference,
+    open_ledger,
+    print_json,
+    user_errors,
+    when,
+)
 from integrations.errors import ConfigError, ErrorType
 from integrations.ledger import schema
 from integrations.ledger.models import OperationStatus
@@ -66,9 +74,10 @@ def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) ->
 
     By operation id or Celery task id (`ops show ID`), or by idempotency key and provider
     (`ops show KEY --provider acme`, or `ops show acme KEY`)."""
-    record = _find(reference, provider)
+    ledger = open_ledger()
+    record = _find(ledger, reference, provider)
     with user_errors():
-        events = EventStore.connect(current().database_url).for_operation(record.id)
+        events = EventStore(ledger.engine, clock=ledger.clock).for_operation(record.id)
     if as_json:
         print_json(record.to_json() | {"events": [event.to_json() for event in events]})
         return
@@ -79,7 +88,7 @@ def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) ->
         assert record.last_conflict_at is not None
         shown["conflicts"] = (
             f"{record.conflicts} message(s) reused the key for another operation or payload; last at "
-            f"{_when(record.last_conflict_at)}"
+            f"{when(record.last_conflict_at)}"
         )
     table = Table(show_header=False, box=None)
     table.add_column(no_wrap=True)
@@ -91,7 +100,7 @@ def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) ->
     if record.discarded_at is not None:
         table.add_row(
             "[bold]discarded[/]",
-            f"{_when(record.discarded_at)} by {record.discarded_by}: {record.discard_reason}",
+            f"{when(record.discarded_at)} by {record.discarded_by}: {record.discard_reason}",
         )
     console.print(table)
     _print_history(record)
@@ -100,7 +109,7 @@ def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) ->
     _print_events(events)
 
 
-def _find(reference: tuple[str, ...], provider: str | None) -> OperationRecord:
+def _find(ledger: Ledger, reference: tuple[str, ...], provider: str | None) -> OperationRecord:
     """The operation ``ops show`` names: ``(ID,)``, ``(KEY,)`` with ``provider``, or ``(PROVIDER, KEY)``."""
     provider, key = one_reference(
         reference,
@@ -108,7 +117,6 @@ def _find(reference: tuple[str, ...], provider: str | None) -> OperationRecord:
         "name one operation: `ops show ID` (operation id or Celery task id), `ops show KEY --provider P` "
         "or `ops show P KEY`",
     )
-    ledger = open_ledger()
     with user_errors():
         if provider is not None:
             record = ledger.find(provider, key)
@@ -150,7 +158,7 @@ def _print_history(record: OperationRecord) -> None:
         error = f"{entry['error_type']}: {entry['error']}" if entry["error_type"] else ""
         table.add_row(
             str(entry["attempt"]),
-            _when(started),
+            when(started),
             "-" if seconds is None else f"{seconds:.3f}s",
             entry["outcome"],
             "" if entry["status_code"] is None else str(entry["status_code"]),
@@ -168,9 +176,7 @@ def _print_events(events: list[EventRecord]) -> None:
     click.echo(f"events ({len(events)}): received (UTC), type, relation to it, status, id")
     for event in events:
         relation = event.relation.value if event.relation else "-"
-        click.echo(
-            f"  {_when(event.received_at)}  {event.type}  {relation}  {event.status.value}  {event.id}"
-        )
+        click.echo(f"  {when(event.received_at)}  {event.type}  {relation}  {event.status.value}  {event.id}")
 
 
 def _print_items(states: Items) -> None:
@@ -251,12 +257,12 @@ def ops_list(
         status = record.status.value + (" (discarded)" if record.discarded else "")
         click.echo(
             f"{record.id}  {status}  {record.where}  key={record.idempotency_key or '-'}  "
-            f"attempts={record.attempts}  created {_when(record.created_at)}"
+            f"attempts={record.attempts}  created {when(record.created_at)}"
         )
         if record.error is not None:
             click.echo(f"    {record.error.get('type', '?')}: {record.error.get('message', '')}")
         elif record.waiting is not None:
-            click.echo(f"    waiting: {record.waiting} until {_when(record.next_attempt_at)}")
+            click.echo(f"    waiting: {record.waiting} until {when(record.next_attempt_at)}")
     click.echo(
         f"{len(records)} operation(s)" + (f" (at most {limit}: --limit)" if len(records) == limit else "")
     )
@@ -295,13 +301,9 @@ def ops_conflicts(provider: str | None, since: datetime | None, limit: int, as_j
     for record in records:
         click.echo(
             f"{record.provider}  key={record.idempotency_key}  {record.conflicts} conflict(s), last "
-            f"{_when(record.last_conflict_at)}  held by {record.id} ({record.where}, {record.status.value})"
+            f"{when(record.last_conflict_at)}  held by {record.id} ({record.where}, {record.status.value})"
         )
     click.echo(f"{len(records)} key(s) with conflicts")
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
 @ops.command("prune")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import click
 from rich.table import Table
 
 from integrations.cli.audit import audited, record_action
-from integrations.cli.context import console, current, print_json, user_errors
+from integrations.cli.context import console, current, print_json, user_errors, when
 from integrations.ledger.records import AuditAction
 from integrations.providers import ProviderSettings, Rate
 from integrations.resilience.breaker import BreakerStatus, SharedBreaker
@@ -65,16 +64,16 @@ def _state(status: BreakerStatus) -> str:
     with when it opened and may half-open. Times in UTC."""
     if status.forced:
         until = (
-            f"until {_when(status.forced_until)} UTC"
+            f"until {when(status.forced_until)} UTC"
             if status.forced_until
             else f"until `integrations breaker close {status.provider}`"
         )
         return f"forced {status.forced} {until} (counted: {status.state.value})"
     state = status.state.value
     if status.opened_at is not None:
-        state += f" since {_when(status.opened_at)} UTC"
+        state += f" since {when(status.opened_at)} UTC"
     if status.half_open_at is not None:
-        state += f", may half-open at {_when(status.half_open_at)} UTC"
+        state += f", may half-open at {when(status.half_open_at)} UTC"
     return state + (", probe in flight" if status.probe_in_flight else "")
 
 
@@ -96,7 +95,7 @@ def breaker_open(provider: str, seconds: float | None, actor: str, reason: str |
         shared.force_open(seconds)
         now = shared.status()
     until = (
-        f" for {seconds:g}s (until {_when(now.forced_until)} UTC)"
+        f" for {seconds:g}s (until {when(now.forced_until)} UTC)"
         if seconds is not None
         else f" until `integrations breaker close {provider}`"
     )
@@ -136,10 +135,6 @@ def _breaker_json(status: BreakerStatus) -> dict[str, Any]:
         "forced": status.forced,
         "forced_until": status.forced_until.isoformat() if status.forced_until else None,
     }
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
 @click.group()

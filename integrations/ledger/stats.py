@@ -57,7 +57,7 @@ def dead_letters(ledger: Ledger) -> dict[str, int]:
         .where(table.c.status.in_([status.value for status in ENDED_BADLY]), table.c.discarded_at.is_(None))
         .group_by(table.c.provider)
     )
-    with ledger.engine.connect() as connection:
+    with ledger._begin() as connection:  # LedgerUnavailable when out of reach
         return {str(provider): int(count) for provider, count in connection.execute(query).all()}
 
 
@@ -76,7 +76,7 @@ def overdue_seconds(ledger: Ledger, now: datetime) -> dict[str, float]:
         .group_by(table.c.provider)
     )
     due: dict[str, datetime] = {}
-    with ledger.engine.connect() as connection:
+    with ledger._begin() as connection:  # LedgerUnavailable when out of reach
         for query in (queued, running):
             for provider, moment in connection.execute(query).all():
                 if moment is None:
@@ -96,7 +96,7 @@ def recent(ledger: Ledger, since: datetime) -> dict[str, Recent]:
         .limit(RECENT_LIMIT)
     )
     found: dict[str, Recent] = defaultdict(Recent)
-    with ledger.engine.connect() as connection:
+    with ledger._begin() as connection:  # LedgerUnavailable when out of reach
         for provider, status, started, finished in connection.execute(query).all():
             window = found[provider]
             window.counts[status] = window.counts.get(status, 0) + 1
@@ -119,5 +119,5 @@ def ended_since(ledger: Ledger, since: datetime, limit: int = RECENT_LIMIT) -> l
         .order_by(table.c.finished_at.desc())
         .limit(limit)
     )
-    with ledger.engine.connect() as connection:
+    with ledger._begin() as connection:  # LedgerUnavailable when out of reach
         return [record_of(row) for row in connection.execute(query).mappings()]

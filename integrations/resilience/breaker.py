@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
 import pybreaker
 import redis
@@ -196,10 +195,3 @@ class SharedBreaker:
 
     def _injected(self) -> str:
         return "" if self.clock is None else str(self.clock())
-
-
-def now_ms(client: redis.Redis) -> int:
-    """The Redis server's clock, in ms: the one clock every worker shares."""
-    answer: Any = client.time()  # (seconds, microseconds); typed as maybe-awaitable by some redis-py versions
-    seconds, micros = answer
-    return int(seconds) * 1000 + int(micros) // 1000

@@ -18,7 +18,7 @@ from kombu import Connection, Exchange, Queue
 
 from integrations import keys
 from integrations.ledger.models import OperationStatus
-from integrations.resilience.breaker import now_ms
+from integrations.resilience.scripts import server_time_ms
 from integrations.testing.provider import ProviderSimulator
 from tasks.worker import running_worker
 from tests.e2e.conftest import CANARY, Worker, unique
@@ -249,7 +249,7 @@ def test_a_429_pauses_the_provider_for_every_worker_process(worker: Worker, sim:
     client = redis.Redis.from_url(worker.env["REDIS_URL"])
     deadline = time.monotonic() + TIMEOUT
     # until the worker has seen the 429 and paused the provider (a pause ending in the future)
-    while float(client.hget(keys.bucket("sim"), "pause") or 0) <= now_ms(client):
+    while float(client.hget(keys.bucket("sim"), "pause") or 0) <= server_time_ms(client, keys.bucket("sim")):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     client.close()
