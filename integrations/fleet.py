@@ -112,7 +112,7 @@ class Fleet:
             limits = throttle.limits()
             paused = throttle.paused_for()
             window = recent.get(name, stats.Recent())
-            state = BreakerState.FORCED_OPEN if breaker.forced == "open" else breaker.state
+            state = breaker.shown_state
             health, reason = _health(
                 state, paused, window, overdue.get(name, 0.0), breaker.opened_at, breaker.forced_until
             )
@@ -205,7 +205,7 @@ class FleetCollector:
         late = stats.overdue_seconds(fleet.ledger, fleet.clock())
         for name, provider in sorted(fleet.providers.items()):
             status = fleet.breaker(provider).status()
-            state = BreakerState.FORCED_OPEN if status.forced == "open" else status.state
+            state = status.shown_state
             breaker.add_metric([name], BREAKER_VALUES[state])
             used = fleet.throttle(provider).usage()
             if used is not None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from integrations.errors import ErrorType, OperationError, TransientError
 from integrations.outcome import Defer
 from integrations.providers import ProviderSettings
+from integrations.resilience.ratelimit_headers import RateLimitState, parse_rate_limit_headers
 
 log = logging.getLogger("integrations.operations")
 
@@ -47,6 +49,11 @@ class Observation:
     error: OperationError | None
     seconds: float
     headers: Mapping[str, str]
+
+    @cached_property
+    def rate_limit(self) -> RateLimitState | None:
+        """The provider's rate-limit state as the answer's headers give it, read once for every observer."""
+        return parse_rate_limit_headers(self.headers) if self.headers else None
 
 
 class Guard(Protocol):

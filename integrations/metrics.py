@@ -26,7 +26,6 @@ from integrations.errors import ErrorType
 from integrations.guard import Attempt, Observation
 from integrations.outcome import Defer, Done, Failed, Outcome, Retry
 from integrations.providers import ProviderSettings
-from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
@@ -157,7 +156,7 @@ class Metrics:
         meters.duration.labels(provider.name, operation).observe(observation.seconds)
         if provider.cost_per_call:
             meters.cost.labels(provider.name).inc(provider.cost_per_call)
-        state = parse_rate_limit_headers(observation.headers) if observation.headers else None
+        state = observation.rate_limit
         if state is not None and state.usage is not None:
             meters.quota.labels(provider.name, "quota").set(state.usage)
 

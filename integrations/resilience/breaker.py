@@ -70,6 +70,11 @@ class BreakerStatus:
     half_open_at: datetime | None
     probe_in_flight: bool
 
+    @property
+    def shown_state(self) -> BreakerState:
+        """The state as operators see it: forced open by an operator, or the breaker's own."""
+        return BreakerState.FORCED_OPEN if self.forced == "open" else self.state
+
     def to_json(self) -> dict[str, object]:
         return {
             name: value.isoformat() if isinstance(value, datetime) else value

@@ -15,7 +15,6 @@ from integrations.outcome import Defer, WaitReason
 from integrations.providers import ProviderSettings
 from integrations.resilience.backoff import MAX_RETRY_AFTER
 from integrations.resilience.breaker import BreakerState, SharedBreaker, Transition
-from integrations.resilience.ratelimit_headers import parse_rate_limit_headers
 from integrations.resilience.throttle import TakeResult, Throttle
 
 log = logging.getLogger("integrations.resilience")
@@ -167,7 +166,7 @@ class ThrottleGuard(RedisGuard):
             )
             paused = self.throttle.pause(wait)
             log.warning("%s: 429 from the provider; every worker pauses it for %.1fs", name, paused)
-        state = parse_rate_limit_headers(observation.headers)
+        state = observation.rate_limit
         if state is None:
             return
         if state.exhausted and state.reset_after:
