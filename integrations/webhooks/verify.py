@@ -35,10 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from integrations.errors import IntegrationsError
+from integrations.ledger.models import MAX_KEY_LENGTH
 from integrations.webhooks.settings import WebhookSettings
-
-# The ledger's bound on an event's id and type.
-MAX_EVENT_KEY_LENGTH = 255
 
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 # HubSpot signs its request URI with these escapes decoded (its "Validate the v3 request signature").
@@ -386,8 +384,8 @@ def _from_source(source: str, headers: dict[str, str], payload: Any, where: str)
 
 
 def _event_key(value: str, what: str) -> str:
-    if not value or len(value) > MAX_EVENT_KEY_LENGTH:
-        raise PayloadInvalid(f"{what} must be 1 to {MAX_EVENT_KEY_LENGTH} characters")
+    if not value or len(value) > MAX_KEY_LENGTH:
+        raise PayloadInvalid(f"{what} must be 1 to {MAX_KEY_LENGTH} characters")
     return value
 
 
