@@ -27,7 +27,7 @@ from integrations.oauth import SharedOAuth2Token
 from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings, load_providers
 from integrations.resilience.breaker import SharedBreaker
-from integrations.resilience.guards import BreakerGuard, ThrottleGuard
+from integrations.resilience.guards import SharedGuard
 from integrations.resilience.scripts import redis_client
 from integrations.resilience.throttle import Throttle
 
@@ -106,15 +106,13 @@ class Runtime:
 def guards(
     provider: ProviderSettings, client: redis.Redis, *, clock_ms: Callable[[], int] | None = None
 ) -> list[Guard]:
-    """A provider's guards, in the order they are asked: the breaker first (an open one takes no token),
-    then the throttle. ``clock_ms`` replaces the Redis server's clock, for tests that must not wait."""
+    """A provider's guards: its shared breaker and throttle, asked together in one round trip (the breaker
+    first: an open one takes no token). ``clock_ms`` replaces the Redis server's clock, for tests that must
+    not wait."""
     breaker = SharedBreaker(
         client, provider.name, provider.breaker, probe_ttl=provider.lease_seconds, clock=clock_ms
     )
-    return [
-        BreakerGuard(provider, breaker),
-        ThrottleGuard(provider, Throttle(client, provider, clock=clock_ms)),
-    ]
+    return [SharedGuard(provider, breaker, Throttle(client, provider, clock=clock_ms))]
 
 
 def build_runner(

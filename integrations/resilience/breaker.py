@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import pybreaker
 import redis
@@ -39,6 +40,11 @@ class Transition(StrEnum):
     OPENED = "opened"
     CLOSED = "closed"
 
+    @classmethod
+    def of(cls, answer: Any) -> Transition:
+        """From ``breaker_record.lua``'s answer."""
+        return cls(answer[0])
+
 
 WINDOW_SLOTS = 20
 KEY_TTL_MS = 7 * 24 * 3600 * 1000  # a breaker nobody used for a week starts afresh, closed
@@ -52,6 +58,17 @@ class Admission:
     probe: bool
     wait: float
     state: BreakerState
+
+    @classmethod
+    def of(cls, answer: Any) -> Admission:
+        """From ``breaker_admit.lua``'s answer."""
+        verdict, wait_ms, state = answer
+        return cls(
+            allowed=int(verdict) > 0,
+            probe=int(verdict) == 2,
+            wait=int(wait_ms) / 1000,
+            state=BreakerState(state),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,32 +131,33 @@ class SharedBreaker:
         self._release = script(client, "breaker_release")
 
     def admit(self, token: str) -> Admission:
-        verdict, wait_ms, state = self._admit(
-            keys=[self.key], args=[token, int(self.probe_ttl * 1000), KEY_TTL_MS, self._injected()]
-        )
-        return Admission(
-            allowed=verdict > 0, probe=verdict == 2, wait=int(wait_ms) / 1000, state=BreakerState(state)
-        )
+        keys_, args = self.admission(token)
+        return Admission.of(self._admit(keys=keys_, args=args))
+
+    def admission(self, token: str) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``breaker_admit.lua`` for ``token``'s call."""
+        return [self.key], [token, int(self.probe_ttl * 1000), KEY_TTL_MS, self._injected()]
 
     def record(self, token: str, *, failed: bool) -> Transition:
         """Count a call's result; returns the transition it caused."""
+        keys_, args = self.recording(token, failed=failed)
+        return Transition.of(self._record(keys=keys_, args=args))
+
+    def recording(self, token: str, *, failed: bool) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``breaker_record.lua`` for how ``token``'s call went."""
         s = self.settings
-        transition, _state, _consecutive = self._record(
-            keys=[self.key, self.window_key],
-            args=[
-                token,
-                1 if failed else 0,
-                s.fail_max,
-                repr(s.failure_rate),
-                s.min_calls,
-                int(s.window * 1000),
-                WINDOW_SLOTS,
-                int(s.reset_timeout * 1000),
-                KEY_TTL_MS,
-                self._injected(),
-            ],
-        )
-        return Transition(transition)
+        return [self.key, self.window_key], [
+            token,
+            1 if failed else 0,
+            s.fail_max,
+            repr(s.failure_rate),
+            s.min_calls,
+            int(s.window * 1000),
+            WINDOW_SLOTS,
+            int(s.reset_timeout * 1000),
+            KEY_TTL_MS,
+            self._injected(),
+        ]
 
     def release_probe(self, token: str) -> None:
         """Give up the half-open probe if ``token`` holds it (its attempt will not be made)."""

@@ -62,6 +62,17 @@ def source(name: str) -> str:
     return (files("integrations.resilience") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
-def script(client: redis.Redis, name: str) -> Script:
-    """A script bound to ``client``: EVALSHA, falling back to EVAL once after a Redis restart."""
-    return client.register_script(source(name))
+def script(client: redis.Redis, name: str, *parts: str) -> Script:
+    """A script bound to ``client``: EVALSHA, falling back to EVAL once after a Redis restart.
+
+    ``parts``: scripts that ``name`` calls as local functions of the same names, each with the ``KEYS``
+    and ``ARGV`` it would have been given alone, so that one round trip runs several of them. Written by
+    hand because Redis has no way for one script to call another (functions, since Redis 7, are called
+    one per FCALL as well)."""
+    return client.register_script(composed(name, parts))
+
+
+@cache
+def composed(name: str, parts: tuple[str, ...] = ()) -> str:
+    functions = [f"local function {part}(KEYS, ARGV)\n{source(part)}end\n" for part in parts]
+    return "".join(functions) + source(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -49,6 +49,18 @@ class Take:
     why: TakeResult
     at: float  # when the bucket answered: seconds on its clock
 
+    @classmethod
+    def of(cls, answer: Any) -> Take:
+        """From ``throttle.lua``'s answer."""
+        allowed, wait_ms, why, at = answer
+        return cls(bool(int(allowed)), int(wait_ms) / 1000, TakeResult(why), float(at) / 1000)
+
+
+def paused_for(answer: Any) -> float:
+    """Seconds until the pause ends, from ``pause.lua``'s answer: its end and its clock's now, in ms."""
+    until_ms, now_ms = answer
+    return max(0.0, (float(until_ms) - float(now_ms)) / 1000)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -74,34 +86,38 @@ class Throttle:
         self._pause = script(client, "pause")
 
     def take(self, token: str, account: str | None = None) -> Take:
+        keys_, args = self.taking(token, account)
+        return Take.of(self._take(keys=keys_, args=args))
+
+    def taking(self, token: str, account: str | None = None) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``throttle.lua`` for ``token``'s call (``account``: its per-key value)."""
         provider = self.provider
         rate = provider.rate_limit.per_second if provider.rate_limit else 0
         per_key = provider.per_key if account is not None else None
-        allowed, wait_ms, why, at = self._take(
-            keys=[
-                self.bucket_key,
-                keys.account_bucket(provider.name, account or ""),
-                self.limits_key,
-                keys.reservation(provider.name, token),
-            ],
-            args=[
-                repr(rate),
-                provider.capacity or 1,
-                repr(per_key.rate_limit.per_second) if per_key else 0,
-                per_key.capacity if per_key else 1,
-                RESERVATION_GRACE_MS,
-                self._injected(),
-                repr(1 - provider.headroom),
-                provider.headroom * 500,
-            ],
-        )
-        return Take(bool(allowed), int(wait_ms) / 1000, TakeResult(why), float(at) / 1000)
+        return [
+            self.bucket_key,
+            keys.account_bucket(provider.name, account or ""),
+            self.limits_key,
+            keys.reservation(provider.name, token),
+        ], [
+            repr(rate),
+            provider.capacity or 1,
+            repr(per_key.rate_limit.per_second) if per_key else 0,
+            per_key.capacity if per_key else 1,
+            RESERVATION_GRACE_MS,
+            self._injected(),
+            repr(1 - provider.headroom),
+            provider.headroom * 500,
+        ]
 
     def pause(self, seconds: float) -> float:
         """Pause the provider for every worker for ``seconds`` (kept if already paused for longer);
         returns the seconds until the pause ends."""
-        until_ms = self._pause(keys=[self.bucket_key], args=[max(1, int(seconds * 1000)), self._injected()])
-        return max(0.0, (int(until_ms) - self._now_ms()) / 1000)
+        return paused_for(self._pause(keys=[self.bucket_key], args=self.pausing(seconds)))
+
+    def pausing(self, seconds: float) -> list[Any]:
+        """The arguments of ``pause.lua`` (on the bucket's key) for a pause of ``seconds``."""
+        return [max(1, int(seconds * 1000)), self._injected()]
 
     def paused_for(self) -> float:
         value = cast(str | None, self.client.hget(self.bucket_key, "pause"))

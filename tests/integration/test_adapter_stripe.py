@@ -32,7 +32,7 @@ from integrations.outcome import Done, Failed, Retry
 from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import BreakerState
-from integrations.resilience.guards import BreakerGuard, ThrottleGuard
+from integrations.resilience.guards import SharedGuard
 from integrations.resilience.throttle import Throttle
 from integrations.runtime import build_runner
 from tests.clock import Clock
@@ -500,8 +500,8 @@ def ledger_row(runner: OperationRunner, key: str) -> str:
 
 
 def throttle_of(runner: OperationRunner) -> Throttle:
-    guard = runner.guards[1]
-    assert isinstance(guard, ThrottleGuard)
+    guard = runner.guards[0]
+    assert isinstance(guard, SharedGuard)
     return guard.throttle
 
 
@@ -549,9 +549,9 @@ def test_a_lock_timeout_then_success_ends_done_after_two_calls_with_one_key_and_
     assert {c.header("Authorization") for c in calls} == {f"Bearer {SECRET_KEY}"}
     row = ledger_row(pipeline, "order-22")
     assert SECRET_KEY not in row and "_secret_" not in row and "client_secret" not in row
-    breaker = pipeline.guards[0]
-    assert isinstance(breaker, BreakerGuard)
-    status = breaker.breaker.status()  # a locked object says nothing of Stripe's health
+    guard = pipeline.guards[0]
+    assert isinstance(guard, SharedGuard)
+    status = guard.breaker.status()  # a locked object says nothing of Stripe's health
     assert (status.state, status.window_failures, status.window_calls) == (BreakerState.CLOSED, 0, 2)
 
 
