@@ -8,11 +8,14 @@ into Celery terms. Nothing else decides retries. The steps, each its own functio
 2. idempotency  the ledger row for (provider, key) decides: start, claim, replay, conflict, wait
                 (``resilience/idempotency.py``)
 3. plan         what the call sends: one request, or a chunk of a batch (``strategies.py``)
-4. admit        the guards, breaker then throttle (``guard.py``); a "wait" uses no attempt
-5. claim        the attempt, by compare-and-set on the row (``ledger/store.py``)
+4. claim        the attempt, by compare-and-set on the row (``ledger/store.py``)
+5. admit        the guards, breaker then throttle (``guard.py``); a "wait" gives the attempt back
 6. execute      the call, and its outcome recorded (``strategies.py``)
 
-The hot path costs one ledger read and two ledger writes (claim, finish) per attempt.
+The ledger claims before the guards are asked, so a replay or a duplicate in flight never takes a token;
+a guard's wait gives the claimed attempt back. The hot path, a single operation's attempt on a new key or
+a retry that is due, costs two ledger statements (``Ledger.take`` finds and claims, the finish ends) and
+two Redis round trips (the guards' admission, then their record of the call).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from integrations.errors import ErrorInfo, ErrorType, InvalidRequest, LedgerUnav
 from integrations.guard import Attempt, Guard, GuardChain
 from integrations.ledger.engine import Clock, utcnow
 from integrations.ledger.models import MAX_KEY_LENGTH, OperationStatus
-from integrations.ledger.records import NewOperation, OperationRecord
+from integrations.ledger.records import Items, NewOperation, OperationRecord
 from integrations.ledger.rows import storable
 from integrations.ledger.store import Ledger
 from integrations.message import MAX_INVALID_MESSAGE, Delivery, Request, parse_request, payload_problem
@@ -113,6 +116,17 @@ class OperationRunner:
             request, strategy = self._parse(delivery)  # 1
         except InvalidRequest as exc:
             return self._invalid(delivery, exc)
+        if (
+            strategy.claims_unread
+        ):  # 2 and 4, the common case in one statement: a new key, or a retry that is due
+            taken = self.ledger.take(
+                request.new_operation(request.message.request_id or str(uuid.uuid4())),
+                lease=self._lease,
+                request_id=request.message.request_id,
+                tolerance=idempotency.GUARD_WAIT_TOLERANCE,
+            )
+            if taken is not None:
+                return self._attempt(request, strategy, taken, strategy.plan(None), restore=None)
         for _ in range(CLAIM_TRIES):
             record = self.ledger.find(self.provider.name, request.key)
             decision = idempotency.decide(
@@ -128,7 +142,7 @@ class OperationRunner:
                 case idempotency.Exhausted(record=lost):
                     outcome = self.recorder.lost_last_attempt(lost)
                 case idempotency.Start() | idempotency.Claim():
-                    outcome = self._attempt(request, strategy, decision)
+                    outcome = self._claim(request, strategy, decision)
                 case _:
                     assert_never(decision)
             if outcome is not None:
@@ -144,15 +158,51 @@ class OperationRunner:
         max_items = self.adapter.batch_spec(delivery.operation).max_items
         return request, Batch(*parts, items, max_items, request.where)
 
-    def _attempt(
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.provider.lease_seconds)
+
+    def _claim(
         self, request: Request, strategy: Strategy, decision: idempotency.Start | idempotency.Claim
     ) -> Outcome | None:
-        """Steps 3 to 6 for a key that is free or due; ``None`` when another worker claimed it first."""
+        """Steps 3 and 4 for a key that is free or due, as the rules decided on the row as read; ``None``
+        when another worker changed the row first."""
         record = decision.record if isinstance(decision, idempotency.Claim) else None
         takeover = isinstance(decision, idempotency.Claim) and decision.takeover
         plan = strategy.plan(None if takeover else record)  # 3
         if plan.nothing_to_send and record is not None:
             return strategy.settle(record, plan)
+        request_id = (
+            request.message.request_id or (record.request_id if record else None) or str(uuid.uuid4())
+        )
+        if record is None:
+            new = request.new_operation(request_id)
+            claimed = self.ledger.start(new, lease=self._lease, items=plan.started)  # 4
+        else:
+            claimed = self.ledger.claim(
+                record,
+                lease=self._lease,
+                request_id=request_id,
+                takeover=request.new_operation() if takeover else None,
+                items=plan.started,
+            )
+        if claimed is None:
+            return None
+        # A guard's wait gives the row back its items as they were: those of a lost call are still known
+        # as such at the next claim (and sent again together).
+        restore = plan.items if record is None or takeover else record.items
+        return self._attempt(request, strategy, claimed, plan, restore=restore)
+
+    def _attempt(
+        self,
+        request: Request,
+        strategy: Strategy,
+        claimed: OperationRecord,
+        plan: Plan,
+        restore: Items | None,
+    ) -> Outcome:
+        """Steps 5 and 6 for a claimed attempt: the guards, then the call. A guard's wait gives the attempt
+        back (``restore``: a batch's items as they were before the claim)."""
         attempt = Attempt(
             self.provider,
             request.delivery.operation,
@@ -161,49 +211,23 @@ class OperationRunner:
             request.key,
             token=request.delivery.message_id or str(uuid.uuid4()),
         )
-        deferral = self.chain.admit(attempt)  # 4
+        deferral = self.chain.admit(attempt)  # 5
         if deferral is not None:
-            return self._deferred(request, record, takeover, plan, deferral)
-        claimed = self._claim(request, record, takeover, plan)  # 5
-        if claimed is None:
-            self.chain.release(attempt)  # give back what the guards granted for it
-            return None
+            return self._deferred(claimed, plan, deferral, restore)
         return strategy.execute(attempt, claimed, plan)  # 6
-
-    def _claim(
-        self, request: Request, record: OperationRecord | None, takeover: bool, plan: Plan
-    ) -> OperationRecord | None:
-        request_id = (
-            request.message.request_id or (record.request_id if record else None) or str(uuid.uuid4())
-        )
-        lease = timedelta(seconds=self.provider.lease_seconds)
-        if record is None:
-            return self.ledger.start(request.new_operation(request_id), lease=lease, items=plan.started)
-        return self.ledger.claim(
-            record,
-            lease=lease,
-            request_id=request_id,
-            takeover=request.new_operation() if takeover else None,
-            items=plan.started,
-        )
 
     # -- what ends a delivery without a call ---------------------------------------------------------
 
     def _deferred(
-        self, request: Request, record: OperationRecord | None, takeover: bool, plan: Plan, deferral: Defer
+        self, claimed: OperationRecord, plan: Plan, deferral: Defer, restore: Items | None
     ) -> Outcome:
-        """A guard said wait: the ledger says so too (``ops show``), and no attempt is used. A new row gets
-        its items; an existing one keeps them as they are, so items of a lost call are still known as such
-        at the next claim (and sent again together)."""
+        """A guard said wait: the claimed attempt is given back, unused, and the ledger says why and until
+        when (``ops show``)."""
         delay = min(deferral.delay, MAX_RETRY_AFTER)
-        fresh = record is None or takeover
-        self.ledger.record_wait(
-            record,
-            reason=deferral.reason,
-            until=self.clock() + timedelta(seconds=delay),
-            new=request.new_operation() if fresh else None,
-            items=plan.items if fresh else None,
-        )
+        until = self.clock() + timedelta(seconds=delay)
+        items = restore if plan.started is not None else None
+        if self.ledger.unclaim(claimed, reason=deferral.reason, until=until, items=items) is None:
+            return self.recorder.taken_over(claimed)
         return Defer(min(delay, MAX_COUNTDOWN), deferral.reason)
 
     def _conflict(self, request: Request, record: OperationRecord) -> Outcome:

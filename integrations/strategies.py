@@ -57,6 +57,12 @@ class Strategy(Protocol):
         """The attempt budget of the operation, or None when each item counts its own (a batch)."""
         ...
 
+    @property
+    def claims_unread(self) -> bool:
+        """Whether the next call is the same whatever the row says (a single call): the ledger may then
+        claim a due attempt without the row being read first."""
+        ...
+
     def plan(self, record: OperationRecord | None) -> Plan:
         """What to send, given the operation's row (``None``: start afresh)."""
         ...
@@ -78,6 +84,8 @@ class Single:
     guards: GuardChain
     policy: RetryPolicy
     recorder: Recorder
+
+    claims_unread = True
 
     @property
     def max_attempts(self) -> int | None:
@@ -138,6 +146,7 @@ class Batch:
     where: str
 
     max_attempts = None  # each item counts its own; the operation's count is of calls
+    claims_unread = False  # what the next chunk sends depends on the items' states in the row
 
     def plan(self, record: OperationRecord | None) -> Plan:
         found = record.items if record is not None and record.items is not None else None

@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, Update, bindparam, insert, update
+from sqlalchemy import Insert, Table, Update, and_, bindparam, case, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from integrations.ledger.models import Operation, OperationStatus
@@ -48,15 +48,60 @@ def storable(value: Any) -> Any:
 INSERT = insert(table)
 
 
+def _upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
+    """The ``INSERT`` of ``dialect`` that takes ``ON CONFLICT`` clauses."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"the ledger runs on PostgreSQL or SQLite, not {dialect}")
+
+
 @cache
 def insert_if_absent(dialect: str) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING``: a taken key inserts nothing instead of failing the statement,
     which on PostgreSQL would abort the caller's whole transaction."""
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing().returning(table.c.id)
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing().returning(table.c.id)
-    raise ValueError(f"the ledger runs on PostgreSQL or SQLite, not {dialect}")
+    return _upsert(dialect).on_conflict_do_nothing().returning(table.c.id)
+
+
+@cache
+def claim_or_start(dialect: str) -> Insert:
+    """``INSERT`` a new operation running its first attempt; or, when its key is taken by a queued
+    operation of the same fingerprint whose next attempt is due, ``UPDATE`` that row to run its next
+    attempt; ``RETURNING`` the row either way, and nothing when neither applies (the row is then read and
+    the idempotency rules decide). One statement, atomic on both engines: PostgreSQL locks the row it
+    updates, and SQLite has one writer. The values of a new row are bound by name, with ``now``,
+    ``due_waiting`` (until when a guard's wait counts as over: now and its tolerance) and
+    ``request_id_given`` (the message's own request id, kept over the row's)."""
+    statement = _upsert(dialect)
+    new = statement.excluded
+    now = bindparam("now", type_=table.c.updated_at.type)
+    due = case(
+        (table.c.waiting.is_(None), now), else_=bindparam("due_waiting", type_=table.c.updated_at.type)
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.provider, table.c.idempotency_key],
+        set_={
+            "status": OperationStatus.RUNNING.value,
+            "attempts": table.c.attempts + 1,
+            "version": table.c.version + 1,
+            "request_id": func.coalesce(
+                bindparam("request_id_given", type_=table.c.request_id.type),
+                table.c.request_id,
+                new.request_id,
+            ),
+            "started_at": new.started_at,
+            "updated_at": new.updated_at,
+            "lease_expires_at": new.lease_expires_at,
+            "next_attempt_at": None,
+            "waiting": None,
+        },
+        where=and_(
+            table.c.status == OperationStatus.QUEUED.value,
+            table.c.fingerprint == new.fingerprint,
+            or_(table.c.next_attempt_at.is_(None), table.c.next_attempt_at <= due),
+        ),
+    ).returning(*table.c)
 
 
 @cache

@@ -45,6 +45,7 @@ from integrations.ledger.records import (
 )
 from integrations.ledger.rows import (
     INSERT,
+    claim_or_start,
     ended_attempt,
     insert_if_absent,
     lost_attempt,
@@ -209,6 +210,26 @@ class Ledger(Database):
 
     # -- writes ----------------------------------------------------------------------------------
 
+    def take(
+        self, new: NewOperation, *, lease: timedelta, request_id: str | None, tolerance: timedelta
+    ) -> OperationRecord | None:
+        """Start ``new`` as running its first attempt, or claim the next attempt of the queued operation
+        that holds its key with the same fingerprint, if that attempt is due (``tolerance``: how early a
+        guard's wait may end); in one statement. ``request_id``: the message's own, kept over the row's.
+        ``None``: neither was possible, and the row must be read (``find``) for the rules to decide."""
+        now = self.clock()
+        values = new_row(new, now) | {
+            "status": OperationStatus.RUNNING.value,
+            "attempts": 1,
+            "started_at": now,
+            "lease_expires_at": now + lease,
+        }
+        statement = claim_or_start(self.engine.dialect.name)
+        params = values | {"now": now, "due_waiting": now + tolerance, "request_id_given": request_id}
+        with self._begin() as connection:
+            row = connection.execute(statement, params).mappings().first()
+        return record_of(row) if row else None
+
     def start(
         self, new: NewOperation, *, lease: timedelta, items: Items | None = None
     ) -> OperationRecord | None:
@@ -346,38 +367,22 @@ class Ledger(Database):
             values["history"] = with_entry(record.history, entry)
         return self._compare_and_set(record, values)
 
-    def record_wait(
+    def unclaim(
         self,
-        record: OperationRecord | None,
+        record: OperationRecord,
         *,
         reason: str,
         until: datetime,
-        new: NewOperation | None = None,
         items: Items | None = None,
-    ) -> None:
-        """Note that the operation waits (a guard deferred it) and until when; no attempt is used.
-
-        ``new``: the operation as the message describes it; inserted when there is no ``record`` yet, or
-        taking over the row of an invalid request (whose attempt count starts again). ``items``: a batch's
-        item states, for a new row or a takeover. Best effort: if another worker changed the row
-        meanwhile, its newer state stands."""
+    ) -> OperationRecord | None:
+        """Give back the attempt ``record`` (as claimed) stands for, before any call: a guard said wait.
+        The operation is queued again until ``until``, with the attempt not counted and ``reason`` kept
+        (``ops show``). ``items``: a batch's item states as they were before the claim. ``None`` if the
+        row changed since the claim."""
         now = self.clock()
-        if record is None:
-            if new is None:
-                raise ValueError("record_wait: a new operation needs `new`")
-            row = new_row(new, now) | {
-                "waiting": reason,
-                "next_attempt_at": until,
-                "items": dump_items(items),
-            }
-            try:
-                with self._begin() as connection:
-                    connection.execute(INSERT, row)
-            except IntegrityError:
-                pass
-            return
         values: dict[str, Any] = {
             "status": OperationStatus.QUEUED.value,
+            "attempts": record.attempts - 1,
             "version": record.version + 1,
             "updated_at": now,
             "waiting": reason,
@@ -386,11 +391,7 @@ class Ledger(Database):
         }
         if items is not None:
             values["items"] = dump_items(items)
-        if record.status is OperationStatus.RUNNING:  # its lease ran out: the attempt's worker was lost
-            values["history"] = with_entry(record.history, lost_attempt(record))
-        if new is not None:
-            values |= takeover_values(new) | {"request_id": new.request_id, "attempts": 0}
-        self._compare_and_set(record, values)
+        return self._compare_and_set(record, values)
 
     def record_conflict(self, provider: str, idempotency_key: str) -> None:
         """Count a message refused for reusing ``idempotency_key`` with another operation or payload, on the

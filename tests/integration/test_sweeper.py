@@ -108,7 +108,8 @@ def test_a_new_operation_with_no_delivery_is_swept_from_its_creation(
     timed: Ledger, published: Published, clock: Clock
 ) -> None:
     until = clock.now  # a guard said wait: the row is new, its next attempt due now
-    timed.record_wait(None, reason="throttled", until=until, new=new("fresh"))
+    claimed = timed.start(new("fresh"), lease=LEASE)
+    assert claimed is not None and timed.unclaim(claimed, reason="throttled", until=until) is not None
     clock.advance(GRACE.total_seconds() + 1)
 
     assert published.keys() == [] and len(sweeper(timed, published, clock).sweep()) == 1

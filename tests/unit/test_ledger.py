@@ -545,14 +545,20 @@ def test_a_claim_over_a_lost_attempt_notes_it_lost(timed: Ledger, clock: Clock) 
     assert [(e["attempt"], e["outcome"]) for e in done.history] == [(1, "lost"), (2, "dead")]
 
 
-def test_a_wait_over_a_lost_attempt_notes_it_lost(timed: Ledger, clock: Clock) -> None:
+def test_a_wait_over_a_lost_attempt_notes_it_lost_and_gives_back_only_its_own(
+    timed: Ledger, clock: Clock
+) -> None:
     lost = start(timed)
     clock.set(T0 + LEASE + timedelta(seconds=1))
+    taken = timed.claim(lost, lease=LEASE, request_id="req-2")
+    assert taken is not None and taken.attempts == 2
 
-    timed.record_wait(lost, reason="breaker_open", until=clock() + timedelta(seconds=30))
+    until = clock() + timedelta(seconds=30)
+    assert timed.unclaim(taken, reason="breaker_open", until=until) is not None
 
     waiting = timed.get(lost.id)
     assert waiting is not None and waiting.status is OperationStatus.QUEUED
+    assert (waiting.attempts, waiting.waiting, waiting.next_attempt_at) == (1, "breaker_open", until)
     assert [(e["attempt"], e["outcome"]) for e in waiting.history] == [(1, "lost")]
 
 
