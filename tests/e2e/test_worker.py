@@ -283,7 +283,8 @@ def test_a_forced_open_breaker_holds_operations_until_closed(worker: Worker, sim
         key = unique("held")
         result = worker.send(key, {"method": "POST", "path": "/v1/f"}, provider="fragile")
         deadline = time.monotonic() + TIMEOUT
-        while (record := worker.ledger.find("fragile", key)) is None:
+        # The attempt is claimed, then given back when the breaker says wait.
+        while (record := worker.ledger.find("fragile", key)) is None or record.waiting is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         shown = json.loads(cli(worker, "ops", "show", key, "--provider", "fragile", "--json"))
