@@ -39,5 +39,12 @@ bench: $(VENV)/.dev-installed
 chaos: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
+## Scale: a worker's memory over 100,000 operations; operator lookups and pruning on a 1,000,000-row ledger.
+# SQLite, and PostgreSQL too when BENCH_DATABASE_URL is set. e.g. make scale SCALE_ARGS="--operations 20000";
+# python -m bench.scale --help lists the options.
+.PHONY: scale
+scale: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo.sqlite3*

@@ -6,7 +6,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -77,6 +88,12 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+# The rows of dlq list: ended failed, dead or partial, and not discarded.
+_DEAD_LETTERS = text(
+    f"status IN ({', '.join(repr(status.value) for status in ENDED_BADLY)}) AND discarded_at IS NULL"
+)
+
+
 class Operation(Base):
     """One logical operation. ``idempotency_key`` is NULL only for a message whose key itself was invalid."""
 
@@ -89,6 +106,13 @@ class Operation(Base):
         Index(None, "task_id"),  # ops show by the Celery task id
         Index(None, "last_conflict_at"),  # ops conflicts
         Index(None, "provider", "reference"),  # an inbound event's operation, by the object it made
+        # dlq list, newest first: the few dead letters among many successes (partial: only their rows).
+        Index(
+            "ix_operations_dead_letters",
+            "finished_at",
+            postgresql_where=_DEAD_LETTERS,
+            sqlite_where=_DEAD_LETTERS,
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -531,17 +531,36 @@ class Ledger(Database):
         inserted = connection.execute(insert(actions).values(values).returning(actions.c.id)).scalar_one()
         return ActionRecord(id=int(inserted), **values)
 
-    def prune(self, *, retention: timedelta, dead_letter_retention: timedelta) -> int:
-        """Delete ended operations past their retention; returns how many rows went."""
+    def prune(self, *, retention: timedelta, dead_letter_retention: timedelta, batch: int = 1000) -> int:
+        """Delete ended operations past their retention, at most ``batch`` rows per statement, each
+        statement its own transaction: a writer waits for one batch at most, never for the whole prune.
+        Returns how many rows went."""
+        if batch < 1:
+            raise ValueError(f"prune: the batch size must be at least 1, got {batch}")
         now = self.clock()
-        succeeded = delete(table).where(
-            table.c.status == OperationStatus.SUCCEEDED, table.c.finished_at < now - retention
-        )
-        ended_badly = delete(table).where(
-            table.c.status.in_(ENDED_BADLY), table.c.finished_at < now - dead_letter_retention
-        )
+        cutoffs = [(OperationStatus.SUCCEEDED, now - retention)]
+        cutoffs += [(status, now - dead_letter_retention) for status in ENDED_BADLY]
+        deleted = 0
         with self._begin() as connection:
-            return sum(connection.execute(statement).rowcount for statement in (succeeded, ended_badly))
+            for status, cutoff in cutoffs:
+                # Oldest first, along the (status, finished_at) index: a scan that starts where the last
+                # batch ended, not past the rows (or, on PostgreSQL, the dead tuples) before it. On
+                # PostgreSQL the rows are locked as they are chosen, which checks them again as they are
+                # now (one replayed since the statement began stays), skipping any a writer holds.
+                doomed = (
+                    select(table.c.id)
+                    .where(table.c.status == status.value, table.c.finished_at < cutoff)
+                    .order_by(table.c.finished_at)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+                statement = delete(table).where(table.c.id.in_(doomed))
+                while True:
+                    count = connection.execute(statement).rowcount
+                    deleted += count
+                    if count < batch:
+                        break
+        return deleted
 
     def _compare_and_set(self, record: OperationRecord, values: dict[str, Any]) -> OperationRecord | None:
         statement = update_statement(tuple(sorted(values)))
