@@ -21,6 +21,8 @@ from integrations.testing.redis_server import redis_for
 from tasks.worker import running_worker
 
 ROOT = Path(__file__).resolve().parents[1]
+# The default ledger: a SQLite file in the bench's own folder.
+SQLITE_LEDGER = "sqlite:///{folder}/ledger.sqlite3"
 
 
 @dataclass
@@ -102,6 +104,36 @@ class Bench:
             self.app.send_task(task, args=[url, f"b-{run}-{i}"], queue="bench.baseline") for i in range(count)
         ]
 
+    def handrolled_fleet(self, instances: int = 4) -> None:
+        """The hand-rolled alternative's workers (bench.handrolled_app), its idempotency table made afresh
+        in the ledger's database and dropped at the end."""
+        from bench import handrolled_app
+
+        engine = handrolled_app.engine_for(self.env["DATABASE_URL"])
+        handrolled_app.metadata.drop_all(engine)
+        handrolled_app.metadata.create_all(engine)
+
+        def drop() -> None:
+            handrolled_app.metadata.drop_all(engine)
+            engine.dispose()
+
+        self.stack.callback(drop)
+        self.fleet([handrolled_app.QUEUE], instances, app_module="bench.handrolled_app")
+
+    def send_handrolled(self, provider: str, path: str, count: int) -> list[AsyncResult]:
+        from bench import handrolled_app
+
+        run = uuid.uuid4().hex[:8]
+        url = self.simulator.url + path
+        return [
+            self.app.send_task(
+                handrolled_app.TASK,
+                kwargs={"provider": provider, "url": url, "idempotency_key": f"h-{run}-{i}"},
+                queue=handrolled_app.QUEUE,
+            )
+            for i in range(count)
+        ]
+
 
 def wait_all(results: Sequence[AsyncResult], timeout: float = 600) -> tuple[int, int]:
     """Wait for every result; returns (succeeded, failed)."""
@@ -129,7 +161,10 @@ def _truncate(database: str) -> None:
 
 
 @contextmanager
-def bench() -> Iterator[Bench]:
+def bench(database: str | None = None) -> Iterator[Bench]:
+    """Redis, a ledger, the provider simulator and a client app; the fleets started on it stop at the end.
+    The ledger is ``database``, else BENCH_DATABASE_URL, else ``SQLITE_LEDGER`` (``{folder}``: the
+    bench's temporary folder)."""
     with ExitStack() as stack:
         server_url, _private = stack.enter_context(redis_for(os.environ.get("REDIS_URL")))
         redis_url = server_url.rsplit("/", 1)[0] + "/11"  # a database of the benchmarks' own
@@ -137,7 +172,9 @@ def bench() -> Iterator[Bench]:
         stack.callback(lambda: redis.Redis.from_url(redis_url).flushdb())
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="integrations-bench-")))
         simulator = stack.enter_context(ProviderSimulator())
-        database = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{folder / 'ledger.sqlite3'}"
+        database = (database or os.environ.get("BENCH_DATABASE_URL") or SQLITE_LEDGER).replace(
+            "{folder}", str(folder)
+        )
         schema.upgrade(database)
         if database.startswith("postgres"):
             stack.callback(_truncate, database)
