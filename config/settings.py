@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # The breakers', throttles' and shared tokens' state, when it lives on another Redis than the broker's;
     # redis+cluster://host:port (rediss+cluster:// with TLS) names one node of a Redis Cluster.
     state_redis_url_override: str | None = Field(None, validation_alias="INTEGRATIONS_STATE_REDIS_URL")
+    # RabbitMQ only: the type of the queues declared. "quorum": replicated queues, on which a countdown waits
+    # in the broker (Celery's native delayed delivery) instead of in a worker's memory.
+    queue_type: Literal["classic", "quorum"] = Field("classic", validation_alias="INTEGRATIONS_QUEUE_TYPE")
     # The ledger: a SQLite file by default (relative to the working directory); postgresql:// URLs work.
     database_url: str = Field("sqlite:///integrations.sqlite3", validation_alias="DATABASE_URL")
     providers_file: Path = Field(DEFAULT_PROVIDERS_FILE, validation_alias="INTEGRATIONS_PROVIDERS_FILE")

@@ -4,11 +4,13 @@ A provider's operations travel on ``integrations.<provider>``, the project's own
 and default queues, and a message an application sends without ``queue=`` lands on Celery's default queue,
 ``celery``. Any other ``integrations.*`` queue is served by no provider: a worker on it would take its
 messages and drop them as unregistered tasks, so a worker refuses it (``tasks/registry.py``) and
-``integrations queues`` flags it.
+``integrations queues`` flags it. On RabbitMQ with quorum queues, a starting worker declares the default
+queue, which Celery's native delayed delivery binds whether a worker consumes it or not.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery.signals import worker_init
+from celery.utils.quorum_queues import detect_quorum_queues
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError
 
 from integrations.errors import ConfigError
 from integrations.providers import ProviderSettings, queue_name
 from tasks.maintenance import MAINTENANCE_QUEUE
+
+log = logging.getLogger("integrations.worker")
 
 PREFIX = queue_name("")  # "integrations."
 CELERY_DEFAULT_QUEUE = "celery"  # where Celery sends a task when the sender names no queue
@@ -143,7 +149,7 @@ def inspect_broker(connection: Connection, names: QueueNames) -> BrokerQueues:
         if connection.transport.driver_type == "redis":
             counts, complete = dict(_redis_counts(connection)), True
         else:
-            counts, complete = {queue: _declared_count(connection, queue) for queue in names.known()}, False
+            counts, complete = {queue: declared_count(connection, queue) for queue in names.known()}, False
     except (*connection.connection_errors, OperationalError, OSError) as exc:
         raise ConfigError(
             f"broker at {broker} (BROKER_URL, else REDIS_URL) cannot be reached: {exc}"
@@ -205,7 +211,7 @@ def _redis_counts(connection: Connection) -> dict[str, int]:
     return counts
 
 
-def _declared_count(connection: Connection, queue: str) -> int | None:
+def declared_count(connection: Connection, queue: str) -> int | None:
     """A queue's depth from a passive declare (what AMQP offers); ``None`` when the broker has no such
     queue. A refused declare closes its channel, so each queue is asked on a channel of its own."""
     channel = connection.channel()
@@ -219,3 +225,27 @@ def _declared_count(connection: Connection, queue: str) -> int | None:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def declare_default_queue(sender: Any = None, **_: Any) -> None:
+    """Declare the default queue as a worker (``sender``, Celery's WorkController) starts on RabbitMQ with
+    quorum queues. Celery binds every queue it knows to its native delayed delivery, the default queue
+    too, which a worker started with -Q does not declare: the binding would fail with an error, and a
+    critical line saying that delayed delivery is not available, at every start."""
+    if sender is None:
+        return
+    app = sender.app
+    default = app.amqp.queues[app.conf.task_default_queue]
+    with app.connection_for_write() as connection:
+        if not detect_quorum_queues(app, connection.transport.driver_type)[0]:
+            return
+        try:
+            connection.ensure_connection(max_retries=3)
+            default.bind(connection.default_channel).declare()
+        except (*connection.connection_errors, *connection.channel_errors, OperationalError) as exc:
+            # The worker starts all the same; the broker's own error says what is wrong (the queue
+            # declared with another type, by an application's app set for classic queues).
+            log.warning("the default queue %s could not be declared: %s", default.name, exc)
+
+
+worker_init.connect(declare_default_queue, weak=False, dispatch_uid=f"{__name__}.declare_default_queue")

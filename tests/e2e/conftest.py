@@ -4,15 +4,19 @@ nothing of this project (as an application would), against the provider simulato
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
+from kombu import Connection
 
 from integrations.ledger import schema
 from integrations.ledger.store import Ledger
@@ -182,3 +186,65 @@ def sim(worker: Worker, simulator_server: ProviderSimulator) -> ProviderSimulato
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# RabbitMQ: TEST_RABBITMQ_URL names a server (a user with the right to be given a virtual host); unset, the
+# local one with its default user is used when it answers, and the RabbitMQ tests skip when it does not. A
+# virtual host of the run's own is made per queue type with rabbitmqctl, which must reach that server's node.
+RABBITMQ_DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
+QUEUE_TYPES = ("classic", "quorum")  # a queue of one name cannot be both: one virtual host each
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rabbitmq: needs RabbitMQ (TEST_RABBITMQ_URL) and its rabbitmqctl")
+
+
+def _rabbitmqctl(*commands: list[str]) -> None:
+    """Run each ``rabbitmqctl`` command at once (each start costs a second or two), and fail naming the
+    ones that failed."""
+    started = [
+        (
+            command,
+            subprocess.Popen(["rabbitmqctl", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+        )
+        for command in commands
+    ]
+    failed = []
+    for command, process in started:
+        out, _ = process.communicate(timeout=60)
+        if process.returncode != 0:
+            failed.append(f"rabbitmqctl {' '.join(command)}: {out.decode(errors='replace').strip()}")
+    if failed:
+        raise RuntimeError("\n".join(failed))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhosts() -> Iterator[dict[str, str]]:
+    """A URL per queue type, each on a virtual host of this run's own, deleted after the run."""
+    base = os.environ.get("TEST_RABBITMQ_URL")
+    url = urlsplit(base or RABBITMQ_DEFAULT_URL)
+    try:
+        with Connection(url.geturl(), connect_timeout=3) as connection:
+            connection.connect()
+    except OSError as exc:
+        if base:
+            pytest.fail(
+                f"TEST_RABBITMQ_URL (at {url.hostname}:{url.port}) is set but RabbitMQ cannot be reached: "
+                f"{exc}"
+            )
+        pytest.skip(
+            f"no RabbitMQ answers at {url.hostname}:{url.port}: the RabbitMQ tests skip (set "
+            "TEST_RABBITMQ_URL)"
+        )
+    if shutil.which("rabbitmqctl") is None:
+        (pytest.fail if base else pytest.skip)(
+            "rabbitmqctl is not on PATH: the RabbitMQ tests cannot make their virtual hosts"
+        )
+    user = url.username or "guest"
+    names = {kind: f"integrations-test-{uuid.uuid4().hex[:10]}-{kind}" for kind in QUEUE_TYPES}
+    _rabbitmqctl(*(["add_vhost", name] for name in names.values()))
+    try:
+        _rabbitmqctl(*(["set_permissions", "-p", name, user, ".*", ".*", ".*"] for name in names.values()))
+        yield {kind: url._replace(path=f"/{name}").geturl() for kind, name in names.items()}
+    finally:
+        _rabbitmqctl(*(["delete_vhost", name] for name in names.values()))
