@@ -59,10 +59,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Take one message at a time, so a slow provider's messages do not queue behind a busy process.
         "worker_prefetch_multiplier": 1,
-        # Task events on, so Flower sees every task from its receipt to its end. "sent" events come from
-        # whoever sends: here, the retries the workers send; applications set it on their own app.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events, from every task's receipt to its end, when INTEGRATIONS_TASK_EVENTS says so; else
+        # from when Flower (or `celery control enable_events`) asks. "sent" events come from whoever sends:
+        # here, the retries the workers send; applications set it on their own app.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         # A result that cannot be stored because Redis is gone is stored when it answers again (retried
         # with a backoff of at most a second), rather than given up: a succeeded operation whose result
         # store failed would otherwise read PENDING, or FAILURE, to its caller. The hard time limit still

@@ -189,6 +189,11 @@ def run_flower(app: Any) -> None:
     atexit.register(flower.stop)
     signal.signal(signal.SIGTERM, sigterm_handler)
     port = flower.start_http_server()
+    if options.enable_events:
+        # Workers send task events when asked (INTEGRATIONS_TASK_EVENTS off), and Flower asks every 5 s;
+        # asked now, with their answers awaited, the running ones send them before Flower says it is up.
+        answers = app.control.enable_events(reply=True, timeout=1.0)
+        logging.getLogger("integrations.flower").info("task events on at %d running workers", len(answers))
     print_banner(app, "ssl_options" in flower_settings, port)
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # SIGTERM and Ctrl-C end the loop
         flower.start()

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # delivery for this long past its due time is swept (the grace), so a lost one goes again within two.
     sweep_interval_seconds: float = Field(30.0, gt=0, validation_alias="INTEGRATIONS_SWEEP_INTERVAL")
 
+    # Task events from the moment a worker starts, for a monitor that does not ask for them. Off, they are
+    # sent while Flower runs (it asks every worker to send them: Celery's enable_events), and cost nothing
+    # when nobody watches: three publishes to the broker per delivery.
+    task_events: bool = Field(False, validation_alias="INTEGRATIONS_TASK_EVENTS")
+
     # The workers' log lines: Celery's text, or one JSON object per line for a log shipper (tasks/logs.py).
     log_format: Literal["text", "json"] = Field("text", validation_alias="INTEGRATIONS_LOG_FORMAT")
 

@@ -42,14 +42,19 @@ def running_worker(
     startup_timeout: float = 60.0,
     app_module: str = "config.celery_app",
     python: str = sys.executable,
+    heartbeat: bool = False,
 ) -> Iterator[WorkerProcess]:
     """A worker of ``app_module`` on ``queues``, ready (it answered a ping through ``app``) when the block
     starts, stopped with a warm shutdown when it ends. Its output goes to ``folder/<node>.log``.
-    ``python`` is the interpreter it runs on: another environment's, to run the project as installed there."""
+    ``python`` is the interpreter it runs on: another environment's, to run the project as installed there.
+    ``heartbeat``: the worker sends its heartbeat events, as it does by default; one without them sends task
+    events only if INTEGRATIONS_TASK_EVENTS says so (Flower's request for them is not heard)."""
     name = f"worker-{uuid.uuid4().hex[:8]}"
     node = f"{name}@localhost"
     command = ["celery", "-A", app_module, "worker", "-Q", ",".join(queues), "-c", str(concurrency)]
-    options = ["-n", node, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel]
+    options = ["-n", node, "--without-gossip", "--without-mingle", "-l", loglevel]
+    if not heartbeat:
+        options.append("--without-heartbeat")
     log_path = folder / f"{name}.log"
     with log_path.open("wb") as log:
         # Run from `folder`: celery puts the working directory first on sys.path, and a stray "tasks" or

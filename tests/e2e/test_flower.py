@@ -105,8 +105,11 @@ def deployment(
     app = Celery("application", broker=redis_url, backend=redis_url)
     app.conf.update(accept_content=["json"], result_accept_content=["json"], task_send_sent_event=True)
     app.backend.client.flushdb()
+    # Task events off (the default): the worker sends them because Flower asks, as a worker run as the
+    # README shows (with its heartbeat) does.
+    env.pop("INTEGRATIONS_TASK_EVENTS", None)
     with running_worker(
-        app, env, ["integrations.shop", "integrations.slowlane"], folder, loglevel="INFO"
+        app, env, ["integrations.shop", "integrations.slowlane"], folder, loglevel="INFO", heartbeat=True
     ) as worker:
         flower = flower_process(env, folder, "--port", "0")  # a free port, as its banner says
         try:

@@ -40,7 +40,8 @@ def test_reliability_settings_of_the_application_workers_run() -> None:
     assert conf.task_serializer == conf.result_serializer == "json"
     assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
+    # Task events are sent when Flower asks for them, not at every delivery while nobody watches.
+    assert conf.worker_send_task_events is False and conf.task_send_sent_event is False
     # the longest countdown plus the longest attempt (timeout is capped at 300 s; lease = 3 x timeout + 5)
     visibility = conf.broker_transport_options["visibility_timeout"]
     assert visibility == VISIBILITY_TIMEOUT > MAX_COUNTDOWN + 3 * 300 + 5
@@ -48,6 +49,11 @@ def test_reliability_settings_of_the_application_workers_run() -> None:
     assert task.acks_late is True and task.acks_on_timeout is False
     lease = 3 * 10.0 + 5  # acme's timeout is 10 s
     assert task.soft_time_limit is None and task.time_limit < lease  # the attempt has its own deadline
+
+
+def test_task_events_from_the_start_when_asked() -> None:
+    config = celery_config(Settings(INTEGRATIONS_TASK_EVENTS="true"))
+    assert config["worker_send_task_events"] is True and config["task_send_sent_event"] is True
 
 
 def test_broker_defaults_to_redis_url_and_can_be_another() -> None:
