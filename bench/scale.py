@@ -578,7 +578,7 @@ def hot_path_stream(url: str, rate: float, stop: EventType, ready: EventType, ou
         # A steady rate, as workers make it; a stalled stream resumes at the rate, without a burst.
         due = max(due + 1 / rate, time.monotonic())
         stop.wait(max(0.0, due - time.monotonic()))
-    ledger.engine.dispose()
+    ledger.dispose()
     out.put(timings)
 
 

@@ -98,7 +98,7 @@ class Runtime:
         if self._session is not None:
             self._session.close()
         if self._ledger is not None:
-            self._ledger.engine.dispose()
+            self._ledger.dispose()
         if self._redis is not None:
             self._redis.close()
 

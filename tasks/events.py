@@ -56,7 +56,7 @@ def event_store(current: Runtime) -> EventStore:
     """The events of ``current``'s ledger, on the ledger's own engine."""
     global _store
     if _store is None or _store[0] is not current:
-        _store = (current, EventStore(current.ledger.engine, clock=current.ledger.clock))
+        _store = (current, EventStore.sharing(current.ledger))
     return _store[1]
 
 

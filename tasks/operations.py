@@ -208,6 +208,9 @@ class OperationTask(Task):  # type: ignore[misc]
     throws = (OperationFailed,)  # an expected failure: logged in one line, without a traceback
     acks_on_timeout = False  # a task killed by its hard time limit goes back to the queue
     typing = False  # the core validates kwargs, so a bad message is recorded as invalid_request
+    # Celery writes the result's repr for its events and log line, which show the outcome in its place
+    # (OperationRequest, tasks.logs): only its start, where the status is, is read.
+    resultrepr_maxsize = 64
 
 
 @dataclass(frozen=True)

@@ -109,14 +109,14 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         connection.execute(delete(Operation.__table__))
         connection.execute(delete(OperatorAction.__table__))
         connection.execute(delete(WebhookEvent))
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 @pytest.fixture
 def ledger(ledger_url: str) -> Iterator[Ledger]:
     ledger = Ledger.connect(ledger_url)
     yield ledger
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def ops_show(reference: tuple[str, ...], provider: str | None, as_json: bool) ->
     ledger = open_ledger()
     record = _find(ledger, reference, provider)
     with user_errors():
-        events = EventStore(ledger.engine, clock=ledger.clock).for_operation(record.id)
+        events = EventStore.sharing(ledger).for_operation(record.id)
     if as_json:
         print_json(record.to_json() | {"events": [event.to_json() for event in events]})
         return

@@ -34,10 +34,16 @@ def database_url(url: str) -> str:
     return url
 
 
-def create_ledger_engine(url: str) -> Engine:
+def create_ledger_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """The engine of the ledger at ``url``. ``autocommit``: its connections commit every statement by
+    themselves, and are put back in the pool as they are (nothing to roll back); a transaction sets the
+    database's own isolation level for itself (``Database._transaction``)."""
     url = database_url(url)
+    options: dict[str, Any] = (
+        {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}
+    )
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -51,7 +57,7 @@ def create_ledger_engine(url: str) -> Engine:
         return engine
     # No pre-ping (a round trip per checkout): a dropped connection fails one statement, which the
     # pipeline treats as a ledger outage and retries; SQLAlchemy replaces the connection meanwhile.
-    return create_engine(url, pool_recycle=1800)
+    return create_engine(url, pool_recycle=1800, **options)
 
 
 class Database:
@@ -59,15 +65,32 @@ class Database:
     ``EventStore``): statements that commit by themselves, transactions for writes that go together, and
     an unreachable database (or one without the schema) raised as ``LedgerUnavailable``."""
 
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow, autocommit: Engine | None = None) -> None:
+        """``engine``: the ledger's database as given, whose transactions an application's own sessions
+        may use. ``autocommit``: an engine on the same database whose connections commit every statement
+        by themselves (``create_ledger_engine(autocommit=True)``), for the ledger's own statements;
+        without it, ``engine``'s connections are switched for each statement, which costs the switch both
+        ways on every one."""
         self.engine = engine
         # Every write is one statement, so each commits by itself: no BEGIN/COMMIT round trips.
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
         self.clock = clock
 
     @classmethod
     def connect(cls, url: str, *, clock: Clock = utcnow) -> Self:
-        return cls(create_ledger_engine(url), clock=clock)
+        """The database at ``url``; its pool of the ledger's own statements connects at their first."""
+        autocommit = create_ledger_engine(url, autocommit=True)
+        return cls(create_ledger_engine(url), clock=clock, autocommit=autocommit)
+
+    @classmethod
+    def sharing(cls, other: Database) -> Self:
+        """Another store on ``other``'s database, sharing its engines and clock."""
+        return cls(other.engine, clock=other.clock, autocommit=other._autocommit)
+
+    def dispose(self) -> None:
+        """Close the pooled connections."""
+        self.engine.dispose()
+        self._autocommit.dispose()
 
     @property
     def where(self) -> str:
@@ -82,8 +105,11 @@ class Database:
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         """A connection in one transaction, committed at the end: for writes that go together."""
-        with self._reached(), self.engine.begin() as connection:
-            yield connection
+        with self._reached(), self._autocommit.connect() as connection:
+            # The database's own level (known once a connection was made), over the connection's autocommit.
+            connection.execution_options(isolation_level=self._autocommit.dialect.default_isolation_level)
+            with connection.begin():
+                yield connection
 
     @contextmanager
     def _reached(self) -> Iterator[None]:

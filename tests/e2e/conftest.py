@@ -173,7 +173,7 @@ def worker(
         ) as process:
             yield Worker(process, env, app, ledger)
     finally:
-        ledger.engine.dispose()
+        ledger.dispose()
         app.backend.client.flushdb()
         app.close()
 

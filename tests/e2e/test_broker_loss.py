@@ -101,5 +101,5 @@ def test_after_redis_comes_back_empty_every_enqueued_operation_ends_once(
         record = ledger.find("sim", key)
         assert record is not None and record.status is OperationStatus.SUCCEEDED
         assert len(simulator.calls(idempotency_key=key)) == 1
-    ledger.engine.dispose()
+    ledger.dispose()
     app.close()

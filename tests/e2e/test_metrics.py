@@ -151,7 +151,7 @@ def test_the_exporter_serves_what_the_workers_did_and_the_fleets_state(
         while (record := ledger.find("held", held_key)) is None or record.waiting != "breaker_forced_open":
             assert time.monotonic() < deadline, "the held operation never waited on its breaker"
             time.sleep(0.05)
-        ledger.engine.dispose()
+        ledger.dispose()
     # The workers are gone: their counts stay in the folder. A message nobody consumes yet waits in its queue.
     send(fleet, "metered", unique("later"), {"method": "POST", "path": "/v1/a"})
     samples = scrape(fleet)

@@ -129,7 +129,7 @@ def worker(
         with running_worker(app, env, WORKER_QUEUES, folder, loglevel="INFO") as process:
             yield Worker(process, env, app, ledger)
     finally:
-        ledger.engine.dispose()
+        ledger.dispose()
         app.backend.client.flushdb()
         app.close()
 
@@ -328,7 +328,7 @@ def test_queue_depths_are_read_from_rabbitmq(
             if family.name == "integrations_queue_depth"
             for sample in family.samples
         }
-        fleet.ledger.engine.dispose()
+        fleet.ledger.dispose()
     finally:
         with worker.app.connection_for_write() as connection:
             connection.default_channel.queue_purge("integrations.spare")

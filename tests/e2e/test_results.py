@@ -93,7 +93,7 @@ def assert_succeeded_once(run: Run, simulator: ProviderSimulator, value: dict[st
     assert len(simulator.calls(idempotency_key=run.key)) == 1
     ledger = Ledger.connect(run.database)
     record = ledger.find("paused", run.key)
-    ledger.engine.dispose()
+    ledger.dispose()
     assert record is not None and record.status is OperationStatus.SUCCEEDED, log[-3000:]
 
 
@@ -140,7 +140,7 @@ def test_a_result_whose_redis_was_gone_is_stored_when_it_is_back(
         ) is None or record.status is not OperationStatus.SUCCEEDED:
             assert time.monotonic() < deadline, worker.log_tail()
             time.sleep(0.05)
-        ledger.engine.dispose()
+        ledger.dispose()
         time.sleep(1.0)  # let the worker meet the missing Redis a while: the outcome must not depend on it
         results.start()  # back, and empty
         value = AsyncResult(task_id, app=run.app).get(timeout=60)

@@ -52,7 +52,7 @@ def setup(
     app.backend.client.flushdb()
     ledger = Ledger.connect(database)
     yield app, env, ledger
-    ledger.engine.dispose()
+    ledger.dispose()
     app.backend.client.flushdb()
     app.close()
 

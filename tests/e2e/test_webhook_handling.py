@@ -232,7 +232,7 @@ def setup(
             yield Setup(url, env, folder, store, handler_redis, app, worker)
     finally:
         stop(process)
-        store.engine.dispose()
+        store.dispose()
         handler_redis.flushdb()
         handler_redis.close()
         app.backend.client.flushdb()

@@ -145,7 +145,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Iterato
         yield Server(url, env, folder, log, store)
     finally:
         stop(process)
-        store.engine.dispose()
+        store.dispose()
 
 
 # -- deliveries as the providers sign them -------------------------------------------------------------

@@ -33,7 +33,7 @@ def runner(ledger_url: str, simulator: ProviderSimulator, clock: Clock) -> Itera
     ledger = Ledger.connect(ledger_url, clock=clock)
     yield OperationRunner(provider, HttpAdapter(provider, session), ledger, clock=clock)
     session.close()
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 Operate = Callable[..., Result]

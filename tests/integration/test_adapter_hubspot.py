@@ -55,7 +55,7 @@ def runner(
     adapter = HubSpotAdapter(provider, session, static_credentials("hubspot", provider.auth))  # type: ignore[arg-type]
     yield OperationRunner(provider, adapter, ledger, clock=clock)
     session.close()
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 def contact(n: int, email: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -496,7 +496,7 @@ def test_an_undocumented_success_status_is_a_contract_violation(
 def ledger(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
     ledger = Ledger.connect(ledger_url, clock=clock)
     yield ledger
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 @pytest.fixture

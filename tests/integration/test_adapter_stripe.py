@@ -483,7 +483,7 @@ def pipeline(
     adapter = stripe_adapter(provider, session)
     ledger = Ledger.connect(ledger_url, clock=clock)
     yield build_runner(provider, adapter, ledger, shared_redis, clock=clock, clock_ms=clock.ms)
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 def run(runner: OperationRunner, operation: str, payload: dict[str, Any], key: str) -> Any:

@@ -366,8 +366,8 @@ def test_ops_sweep_sends_again_what_had_no_delivery_and_says_so(ledger_url: str,
         NewOperation("acme", "request", "lost-1", "fp", payload, None, "task-lost")
     )
     now.enqueue(NewOperation("acme", "request", "fresh-1", "fp", payload, None, "task-fresh"))  # not due yet
-    an_hour_ago.engine.dispose()
-    now.engine.dispose()
+    an_hour_ago.dispose()
+    now.dispose()
     resent = Published()
 
     result = operate(ledger_url, providers_file(tmp_path), resent, "ops", "sweep")

@@ -38,7 +38,7 @@ def clock() -> Clock:
 def store(ledger_url: str, clock: Clock) -> Iterator[EventStore]:
     store = EventStore(create_ledger_engine(ledger_url), clock=clock)
     yield store
-    store.engine.dispose()
+    store.dispose()
 
 
 @pytest.fixture

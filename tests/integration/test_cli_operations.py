@@ -146,7 +146,7 @@ def test_ops_list_finds_old_queued_operations_by_provider_and_status(
     an_hour_ago = Ledger.connect(ledger_url, clock=Clock(datetime.now(UTC) - timedelta(hours=1)))
     payload = {"method": "POST", "path": "/x"}
     old, _ = an_hour_ago.enqueue(NewOperation("acme", "request", "old-1", "fp", payload, None, "t-1"))
-    an_hour_ago.engine.dispose()
+    an_hour_ago.dispose()
     fresh, _ = ledger.enqueue(NewOperation("acme", "request", "fresh-1", "fp", payload, None, "t-2"))
     dead = ended(ledger, "dead-1", provider="mail", operation="send_mail")
 

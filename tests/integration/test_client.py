@@ -43,7 +43,7 @@ def client(ledger_url: str, published: Published, clock: Clock) -> Iterator[Clie
     ledger = Ledger.connect(ledger_url, clock=clock)
     acme = provider_settings("acme")
     yield Client({"acme": acme}, {"acme": HttpAdapter}, ledger, published)
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 def enqueue(client: Client, key: str = "order-8812-payment", **changes: Any) -> Handle:

@@ -55,7 +55,7 @@ def runner(ledger_url: str, simulator: ProviderSimulator) -> Iterator[OperationR
     ledger = Ledger.connect(ledger_url, clock=clock)
     yield OperationRunner(provider, HttpAdapter(provider, session), ledger, clock=clock)
     session.close()
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 # -- what goes into a message ----------------------------------------------------------------------

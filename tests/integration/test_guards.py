@@ -74,7 +74,7 @@ def make_fleet(
 
     yield make
     for fleet in fleets:
-        fleet.ledger.engine.dispose()
+        fleet.ledger.dispose()
 
 
 def send(runner: OperationRunner, key: str, path: str = "/v1/x", message_id: str | None = None) -> Outcome:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 import requests
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 
 from integrations.adapters.http import HttpAdapter
 from integrations.ledger.models import OperationStatus
@@ -89,15 +89,15 @@ def counted_setup(
     def count(_connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         costs.statements.append(statement)
 
-    event.listen(ledger.engine, "before_cursor_execute", count)
+    event.listen(Engine, "before_cursor_execute", count)  # every engine: the ledger has two
     setup = Setup(runner, costs, clock, client)
     # Connections made and scripts loaded once, as in a worker that has run before.
     assert isinstance(setup.send("warm-up"), Done)
     try:
         yield setup
     finally:
-        event.remove(ledger.engine, "before_cursor_execute", count)
-        ledger.engine.dispose()
+        event.remove(Engine, "before_cursor_execute", count)
+        ledger.dispose()
         client.close()
 
 

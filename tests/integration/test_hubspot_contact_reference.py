@@ -62,7 +62,7 @@ def runner(
     with requests.Session() as session:
         adapter = HubSpotAdapter(provider, session, static_credentials(provider.name, provider.auth))
         yield build_runner(provider, adapter, ledger, shared_redis, clock=clock, clock_ms=clock.ms)
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 def run(runner: OperationRunner, properties: dict[str, str], key: str) -> list[Outcome]:

@@ -88,7 +88,7 @@ def runner_with(
 def stripe_ledger(ledger_url: str) -> Iterator[Ledger]:
     ledger = Ledger.connect(ledger_url)
     yield ledger
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 @pytest.fixture

@@ -547,7 +547,7 @@ def test_an_internal_error_puts_the_message_back_a_few_times_then_fails_it(
     assert isinstance(late, Failed) and late.error.type is ErrorType.INTERNAL_ERROR
     assert "RuntimeError" in late.error.message and "worker's log" in late.error.message
     assert simulator.calls() == []
-    broken.engine.dispose()
+    broken.dispose()
 
 
 class BrokenClaim(Ledger):
@@ -579,7 +579,7 @@ def test_an_operation_given_up_for_internal_errors_is_recorded_as_a_dead_letter(
     assert record is not None and late.operation_id == record.id
     assert record.status is OperationStatus.FAILED and record.error == late.error.model_dump(mode="json")
     assert [letter.id for letter in runner.ledger.dead_letters("sim")] == [record.id]
-    broken.engine.dispose()
+    broken.dispose()
 
 
 def test_the_ledger_keeps_the_task_id_of_the_message_that_brought_the_operation(
@@ -622,7 +622,7 @@ def test_an_outcome_the_ledger_cannot_take_at_once_is_written_again_without_a_se
 
     assert isinstance(outcome, Done) and outcome.result["status"] == "succeeded"
     assert slept == [0.25, 0.5] and len(simulator.calls(idempotency_key="r-1")) == 1
-    restarting.engine.dispose()
+    restarting.dispose()
 
 
 def test_an_outcome_is_not_held_past_the_attempts_lease(
@@ -638,4 +638,4 @@ def test_an_outcome_is_not_held_past_the_attempts_lease(
 
     assert isinstance(outcome, Defer) and outcome.reason == "ledger_unavailable"  # the message comes back
     assert len(simulator.calls(idempotency_key="r-2")) == 1
-    down.engine.dispose()
+    down.dispose()

@@ -34,7 +34,7 @@ def clock() -> Clock:
 def timed(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
     ledger = Ledger(create_ledger_engine(ledger_url), clock=clock)
     yield ledger
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 def operation(ledger: Ledger, key: str, status: OperationStatus, days_ago: float) -> OperationRecord:
@@ -109,7 +109,7 @@ def test_prune_deletes_what_is_past_retention_a_batch_per_statement(timed: Ledge
         deleted = timed.prune(retention=RETENTION, dead_letter_retention=DEAD_LETTER_RETENTION, batch=3)
         remaining = {record.idempotency_key for record in timed.operations(limit=100)}
     finally:
-        observer.engine.dispose()
+        observer.dispose()
 
     assert deleted == len(gone) == 14
     assert remaining == set(kept)

@@ -29,7 +29,7 @@ def clock() -> Clock:
 def timed(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
     ledger = Ledger.connect(ledger_url, clock=clock)
     yield ledger
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def clock() -> Clock:
 def store(ledger_url: str, clock: Clock) -> Iterator[EventStore]:
     store = EventStore(create_ledger_engine(ledger_url), clock=clock)
     yield store
-    store.engine.dispose()
+    store.dispose()
 
 
 def rows(store: EventStore) -> int:
@@ -167,7 +167,7 @@ def test_a_ledger_without_the_schema_is_unavailable_and_says_to_upgrade(tmp_path
         with pytest.raises(LedgerUnavailable, match="integrations db upgrade"):
             store.store("stripe", "evt_1", "invoice.paid", BODY)
     finally:
-        store.engine.dispose()
+        store.dispose()
 
 
 # -- handling outcomes ------------------------------------------------------------------------------

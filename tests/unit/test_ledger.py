@@ -38,7 +38,7 @@ def timed(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
     """A ledger whose clock is ``clock``."""
     ledger = Ledger(create_ledger_engine(ledger_url), clock=clock)
     yield ledger
-    ledger.engine.dispose()
+    ledger.dispose()
 
 
 def start(
@@ -441,7 +441,7 @@ def test_timestamps_come_back_as_aware_utc(ledger_url: str) -> None:
         record = ended(ledger, "charge-1", OperationStatus.SUCCEEDED)
         stored = ledger.get(record.id)
     finally:
-        ledger.engine.dispose()
+        ledger.dispose()
 
     assert stored is not None
     for name in ("created_at", "updated_at", "started_at", "finished_at"):

@@ -346,7 +346,7 @@ def test_a_hubspot_redelivery_batched_otherwise_stores_only_its_new_event(
             "objectId": 504,
         }
     finally:
-        store.engine.dispose()
+        store.dispose()
 
 
 def test_overlapping_batches_stored_at_once_in_opposite_orders_store_each_event_once(ledger_url: str) -> None:
@@ -368,7 +368,7 @@ def test_overlapping_batches_stored_at_once_in_opposite_orders_store_each_event_
                 news = [event_id for answer in answers for event_id, new in answer if new]
                 assert sorted(news) == ids
     finally:
-        store.engine.dispose()
+        store.dispose()
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
