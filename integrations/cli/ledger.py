@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from integrations import batch
@@ -365,30 +366,29 @@ def dlq_list(provider: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         print_json([_dead_letter(record) for record in records])
         return
+    # One print of every line: a print per line costs more than the query on a long list. What the
+    # provider or the payload wrote is escaped, never read as markup.
+    lines: list[str] = []
     for record in records:
         error = record.error or {}
         finished = record.finished_at.strftime("%Y-%m-%d %H:%M:%S") if record.finished_at else ""
-        console.print(
-            f"[bold]{record.id}[/]  {record.status.value}  {record.provider}.{record.operation}  "
-            f"key={record.idempotency_key or '-'}  attempts={record.attempts}  {finished}",
-            highlight=False,
-            soft_wrap=True,
+        lines.append(
+            f"[bold]{record.id}[/]  {record.status.value}  {escape(record.provider)}.{escape(record.operation)}  "
+            f"key={escape(record.idempotency_key or '-')}  attempts={record.attempts}  {finished}"
         )
         if record.items is not None:
             states = record.items
-            console.print(f"    items: {batch.summary(states)}", highlight=False)
+            lines.append(f"    items: {escape(batch.summary(states))}")
             failed = [s for s in states if s.error is not None and s.status is ItemStatus.FAILED]
             for state in failed[:3]:
                 assert state.error is not None
-                console.print(
-                    f"    {state.key}: {state.error.type.value}: {state.error.message}",
-                    highlight=False,
-                    soft_wrap=True,
+                lines.append(
+                    f"    {escape(state.key)}: {state.error.type.value}: {escape(state.error.message)}"
                 )
             continue
-        console.print(
-            f"    {error.get('type', '?')}: {error.get('message', '')}", highlight=False, soft_wrap=True
-        )
+        lines.append(f"    {escape(str(error.get('type', '?')))}: {escape(str(error.get('message', '')))}")
+    if lines:
+        console.print("\n".join(lines), highlight=False, soft_wrap=True)
     console.print(f"{len(records)} dead letter(s)")
 
 

@@ -88,8 +88,9 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
-# The rows of dlq list: ended failed, dead or partial, and not discarded.
-_DEAD_LETTERS = text(
+# The rows of dlq list: ended failed, dead or partial, and not discarded. Its query says it in these words,
+# with the statuses as literals, as the partial index has it: a database may read that index only then.
+DEAD_LETTERS = text(
     f"status IN ({', '.join(repr(status.value) for status in ENDED_BADLY)}) AND discarded_at IS NULL"
 )
 
@@ -110,8 +111,8 @@ class Operation(Base):
         Index(
             "ix_operations_dead_letters",
             "finished_at",
-            postgresql_where=_DEAD_LETTERS,
-            sqlite_where=_DEAD_LETTERS,
+            postgresql_where=DEAD_LETTERS,
+            sqlite_where=DEAD_LETTERS,
         ),
     )
 

@@ -34,7 +34,7 @@ from sqlalchemy.exc import (
 
 from integrations.errors import ErrorInfo
 from integrations.ledger.engine import Database
-from integrations.ledger.models import ENDED_BADLY, OperationStatus, OperatorAction
+from integrations.ledger.models import DEAD_LETTERS, ENDED_BADLY, OperationStatus, OperatorAction
 from integrations.ledger.records import (
     ActionRecord,
     AuditAction,
@@ -146,7 +146,7 @@ class Ledger(Database):
     ) -> list[OperationRecord]:
         """Failed, dead and partial operations not discarded, newest first; ``error_type``: whose error is
         of that type; ``since``: that ended since then."""
-        query = select(table).where(table.c.status.in_(ENDED_BADLY), table.c.discarded_at.is_(None))
+        query = select(table).where(DEAD_LETTERS)
         if provider is not None:
             query = query.where(table.c.provider == provider)
         if error_type is not None:

@@ -141,6 +141,19 @@ def test_dlq_list_shows_failed_and_dead_only(
     assert "retries_exhausted: gave up" in human.output and "2 dead letter(s)" in human.output
 
 
+def test_dlq_list_prints_what_the_provider_wrote_as_written(
+    ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An answer quoted in an error may hold what a terminal library reads as markup.
+    message = "HTTP 422: field [bold]amount[/bold] must be [red]positive[/]"
+    rejected = started(ledger, "key-[b]-1")
+    ledger.finish(
+        rejected, OperationStatus.FAILED, error=ErrorInfo(type=ErrorType.PROVIDER_REJECTED, message=message)
+    )
+    human = invoke(monkeypatch, {"DATABASE_URL": ledger_url}, "dlq", "list").output
+    assert f"provider_rejected: {message}" in human and "key=key-[b]-1" in human
+
+
 def test_ops_show_and_dlq_list_print_a_batchs_items(
     ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
