@@ -88,6 +88,9 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+_HAS_CONFLICT = text("last_conflict_at IS NOT NULL")
+_HAS_REFERENCE = text("reference IS NOT NULL")
+
 # The rows of dlq list: ended failed, dead or partial, and not discarded. Its query says it in these words,
 # with the statuses as literals, as the partial index has it: a database may read that index only then.
 DEAD_LETTERS = text(
@@ -105,8 +108,10 @@ class Operation(Base):
         Index(None, "provider", "status"),
         Index(None, "created_at"),  # ops list, newest first
         Index(None, "task_id"),  # ops show by the Celery task id
-        Index(None, "last_conflict_at"),  # ops conflicts
-        Index(None, "provider", "reference"),  # an inbound event's operation, by the object it made
+        # ops conflicts; an inbound event's operation, by the object it made. Partial: most rows have
+        # neither, and a row an index does not hold costs it no write.
+        Index(None, "last_conflict_at", postgresql_where=_HAS_CONFLICT, sqlite_where=_HAS_CONFLICT),
+        Index(None, "provider", "reference", postgresql_where=_HAS_REFERENCE, sqlite_where=_HAS_REFERENCE),
         # dlq list, newest first: the few dead letters among many successes (partial: only their rows).
         Index(
             "ix_operations_dead_letters",

@@ -138,7 +138,7 @@ def test_the_migration_adds_the_column_and_its_index_and_its_downgrade_removes_t
     finally:
         schema.upgrade(ledger_url)
     try:
-        assert schema.current_revision(engine) == schema.head_revision() == "0008"
+        assert schema.current_revision(engine) == schema.head_revision() == "0009"
         assert column_and_index() == (True, True)
         # The rows of before the upgrade are kept, without a reference.
         stored = ledger.get(kept.id)

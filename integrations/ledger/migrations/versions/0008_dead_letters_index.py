@@ -6,7 +6,7 @@
 
 Revision ID: 0008
 Revises: 0007
-Create Date: 2026-12-06
+Create Date: 2026-12-02
 """
 
 from __future__ import annotations
