@@ -541,6 +541,7 @@ class Ledger(Database):
         cutoffs = [(OperationStatus.SUCCEEDED, now - retention)]
         cutoffs += [(status, now - dead_letter_retention) for status in ENDED_BADLY]
         deleted = 0
+        postgresql = self.engine.dialect.name == "postgresql"
         with self._begin() as connection:
             for status, cutoff in cutoffs:
                 # Oldest first, along the (status, finished_at) index: a scan that starts where the last
@@ -554,6 +555,13 @@ class Ledger(Database):
                     .limit(batch)
                     .with_for_update(skip_locked=True)
                 )
+                if postgresql:
+                    # A CTE, materialized, is evaluated once. As the DELETE's subquery, a plan may evaluate
+                    # it again for later rows, and each time it skips the rows the statement has deleted
+                    # already: more than a batch goes. (SQLite reads a subquery once, and counts the rows
+                    # of a DELETE only when the statement begins with DELETE.)
+                    once = doomed.cte("doomed").prefix_with("MATERIALIZED", dialect="postgresql")
+                    doomed = select(once.c.id)
                 statement = delete(table).where(table.c.id.in_(doomed))
                 while True:
                     count = connection.execute(statement).rowcount
