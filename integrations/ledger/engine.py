@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,6 +23,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from integrations.errors import LedgerUnavailable
 
 Clock = Callable[[], datetime]
+
+# How long the main thread keeps a connection it does not use (``Database._begin``).
+KEEP_IDLE = 30.0
 
 
 def utcnow() -> datetime:
@@ -75,6 +81,11 @@ class Database:
         # Every write is one statement, so each commits by itself: no BEGIN/COMMIT round trips.
         self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
         self.clock = clock
+        # The main thread's connection, kept from one statement to the next (``_begin``).
+        self._kept: Connection | None = None
+        self._kept_pid = 0
+        self._kept_since = 0.0  # when it was last used (time.monotonic)
+        self._depth = 0  # how many ``_begin`` blocks hold it now
 
     @classmethod
     def connect(cls, url: str, *, clock: Clock = utcnow) -> Self:
@@ -89,6 +100,7 @@ class Database:
 
     def dispose(self) -> None:
         """Close the pooled connections."""
+        self._give_back()
         self.engine.dispose()
         self._autocommit.dispose()
 
@@ -98,9 +110,44 @@ class Database:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        """A connection whose every statement commits by itself."""
-        with self._reached(), self._autocommit.connect() as connection:
-            yield connection
+        """A connection whose every statement commits by itself.
+
+        The main thread keeps its connection from one statement to the next: a worker's pool process runs
+        its tasks there, and would otherwise take a connection from the pool and give it back for each of
+        an attempt's statements. It is given back after ``KEEP_IDLE`` seconds unused (the pool's recycling
+        then applies to it) and after an error. Other threads (a threads or gevent pool, a web server's)
+        take one per statement, so the pool still bounds how many there are."""
+        if threading.current_thread() is not threading.main_thread():
+            with self._reached(), self._autocommit.connect() as connection:
+                yield connection
+            return
+        with self._reached():
+            connection = self._kept_connection()
+            self._depth += 1
+            try:
+                yield connection
+            except BaseException:
+                if self._depth == 1:  # not under a block that still reads from it
+                    self._give_back()
+                raise
+            finally:
+                self._depth -= 1
+                self._kept_since = time.monotonic()
+
+    def _kept_connection(self) -> Connection:
+        if self._kept is not None and self._kept_pid != os.getpid():
+            self._kept = None  # the parent process's, before a fork: forgotten, never closed from here
+        if self._kept is not None and self._depth == 0 and time.monotonic() - self._kept_since > KEEP_IDLE:
+            self._give_back()
+        if self._kept is None:
+            self._kept = self._autocommit.connect()
+            self._kept_pid = os.getpid()
+        return self._kept
+
+    def _give_back(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None and self._kept_pid == os.getpid():
+            kept.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
