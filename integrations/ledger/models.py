@@ -104,8 +104,7 @@ class Operation(Base):
     __tablename__ = "operations"
     __table_args__ = (
         UniqueConstraint("provider", "idempotency_key"),
-        Index(None, "status", "finished_at"),
-        Index(None, "provider", "status"),
+        Index(None, "status", "finished_at"),  # prune; the queries by status (queued, running, ...)
         Index(None, "created_at"),  # ops list, newest first
         Index(None, "task_id"),  # ops show by the Celery task id
         # ops conflicts; an inbound event's operation, by the object it made. Partial: most rows have
