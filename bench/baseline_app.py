@@ -10,17 +10,10 @@ from typing import Any
 import requests
 from celery import Celery
 
+from bench.careful import CAREFUL
+
 app = Celery("bench-baseline", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_connection_retry_on_startup=True,
-    task_default_queue="bench.baseline",
-)
+app.conf.update(CAREFUL, task_default_queue="bench.baseline")
 _session: requests.Session | None = None
 
 

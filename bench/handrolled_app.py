@@ -38,6 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from bench.careful import CAREFUL
+
 QUEUE = "bench.handrolled"
 TASK = "bench.handrolled_call"
 # Never reached in the benchmarks: the limiter is asked on every call, as in production, but never says no.
@@ -58,16 +60,7 @@ POLICIES: dict[str, ProviderPolicy] = {"fast": ProviderPolicy()}
 
 _redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("bench-handrolled", broker=_redis_url, backend=_redis_url)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_connection_retry_on_startup=True,
-    task_default_queue=QUEUE,
-)
+app.conf.update(CAREFUL, task_default_queue=QUEUE)
 
 metadata = MetaData()
 idempotency_keys = Table(

@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -66,13 +67,14 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """A PostgreSQL database of this run's own, created on TEST_POSTGRES_URL's server and dropped after."""
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own, named ``prefix`` and a random suffix, created on TEST_POSTGRES_URL's
+    server and dropped at the end; the test is skipped without TEST_POSTGRES_URL."""
     base = os.environ.get("TEST_POSTGRES_URL")
     if not base:
         pytest.skip("TEST_POSTGRES_URL is not set: PostgreSQL tests skipped")
-    name = f"integrations_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     plain = database_url(base).replace("postgresql+psycopg://", "postgresql://")
     try:
         admin = psycopg.connect(plain, autocommit=True, connect_timeout=5)
@@ -86,6 +88,13 @@ def postgres_server_url() -> Iterator[str]:
     finally:
         with psycopg.connect(plain, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL database of this run's own, created on TEST_POSTGRES_URL's server and dropped after."""
+    with postgres_database("integrations_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

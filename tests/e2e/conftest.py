@@ -115,6 +115,18 @@ class Worker:
         )
 
 
+# The queues of the providers the e2e worker serves (those of `providers_toml`).
+PROVIDER_QUEUES = [
+    "integrations.sim",
+    "integrations.slow",
+    "integrations.tuned",
+    "integrations.fragile",
+    "integrations.secured",
+    "integrations.crm",
+    "integrations.down",
+]
+
+
 @pytest.fixture(scope="session")
 def hubspot_server() -> Iterator[FakeHubSpot]:
     with FakeHubSpot(CANARY) as server:
@@ -159,15 +171,7 @@ def worker(
         with running_worker(
             app,
             env,
-            [
-                "integrations.sim",
-                "integrations.slow",
-                "integrations.tuned",
-                "integrations.fragile",
-                "integrations.secured",
-                "integrations.crm",
-                "integrations.down",
-            ],
+            PROVIDER_QUEUES,
             folder,
             loglevel="INFO",
         ) as process:

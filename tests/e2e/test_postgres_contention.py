@@ -32,21 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, ResultSet
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from integrations.ledger import schema
-from integrations.ledger.engine import database_url
 from integrations.ledger.models import Operation
 from integrations.ledger.store import Ledger
 from integrations.testing.provider import ProviderSimulator
 from tasks.worker import WorkerProcess, running_worker
-from tests.conftest import TEST_REDIS_DB, with_redis_db
+from tests.conftest import TEST_REDIS_DB, postgres_database, with_redis_db
 
 # A ceiling well above the usual half minute, for a loaded machine: the test's own waits end first, so its
 # workers are always stopped and its database dropped (pytest-timeout ends the process without cleaning up).
@@ -89,24 +86,9 @@ LEDGER_UNAVAILABLE = re.compile(r"ledger unavailable|LedgerUnavailable|ledger_un
 @pytest.fixture
 def contention_ledger_url() -> Iterator[str]:
     """A migrated ledger in a PostgreSQL database of this test's own, dropped afterwards."""
-    base = os.environ.get("TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("TEST_POSTGRES_URL is not set: PostgreSQL tests skipped")
-    name = f"integrations_contention_{uuid.uuid4().hex[:12]}"
-    plain = database_url(base).replace("postgresql+psycopg://", "postgresql://")
-    try:
-        admin = psycopg.connect(plain, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        pytest.fail(f"TEST_POSTGRES_URL={base} is set but PostgreSQL cannot be reached: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(database_url(base)).set(database=name).render_as_string(hide_password=False)
-    try:
+    with postgres_database("integrations_contention") as url:
         schema.upgrade(url)
         yield url
-    finally:
-        with psycopg.connect(plain, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,15 @@ from tasks.maintenance import MAINTENANCE_QUEUE, SWEEP_TASK
 from tasks.queues import declared_count
 from tasks.worker import running_worker
 from tests.conftest import TEST_REDIS_DB, with_redis_db
-from tests.e2e.conftest import CANARY, QUEUE_TYPES, Worker, closed_port, providers_toml, unique
+from tests.e2e.conftest import (
+    CANARY,
+    PROVIDER_QUEUES,
+    QUEUE_TYPES,
+    Worker,
+    closed_port,
+    providers_toml,
+    unique,
+)
 
 # Collected again here, against RabbitMQ: the imported test functions (unused names to the linter).
 from tests.e2e.test_worker import (  # noqa: F401
@@ -66,16 +74,7 @@ timeout = 1.0
 fail_max = 1000
 min_calls = 1000
 """
-WORKER_QUEUES = [
-    MAINTENANCE_QUEUE,
-    "integrations.sim",
-    "integrations.slow",
-    "integrations.tuned",
-    "integrations.fragile",
-    "integrations.secured",
-    "integrations.crm",
-    "integrations.down",
-]
+WORKER_QUEUES = [MAINTENANCE_QUEUE, *PROVIDER_QUEUES]
 
 
 def application(broker: str, backend: str, queue_type: str) -> Celery:
