@@ -75,3 +75,24 @@ def test_an_idle_connection_is_given_back(
     monkeypatch.setattr(ledger_engine, "KEEP_IDLE", -1.0)  # idle for longer than allowed, at once
     attempt(ledger, "second")
     assert len(checkouts) == 3  # each of the second attempt's statements found the kept one too idle
+
+
+def test_the_kept_connection_reads_what_others_wrote_since(ledger: Ledger, ledger_url: str) -> None:
+    """No read is left open on it: each statement sees the rows as they are now, not as they were when the
+    connection was first used."""
+    attempt(ledger, "written-elsewhere-0")
+    other = Ledger.connect(ledger_url)
+    try:
+        new = NewOperation(
+            "acme", "request", "written-elsewhere", fingerprint("request", PAYLOAD), PAYLOAD, None
+        )
+        started = other.start(new, lease=timedelta(seconds=35))
+        assert started is not None
+        record = ledger.find("acme", "written-elsewhere")
+        assert record is not None and record.status is OperationStatus.RUNNING
+        assert other.finish(started, OperationStatus.SUCCEEDED, response={"status_code": 200}) is not None
+        record = ledger.find("acme", "written-elsewhere")
+        assert record is not None and record.status is OperationStatus.SUCCEEDED
+        assert {letter.idempotency_key for letter in ledger.operations(limit=10)} >= {"written-elsewhere"}
+    finally:
+        other.dispose()
