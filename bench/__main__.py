@@ -14,12 +14,11 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from celery.result import AsyncResult
 from rich.console import Console
 from rich.table import Table
 
 from bench import handrolled_app
-from bench.harness import SQLITE_LEDGER, Row, bench, wait_all
+from bench.harness import OVERHEAD_FLEETS, SQLITE_LEDGER, Row, bench, wait_all
 from bench.receiver import receiver
 
 console = Console(width=170)
@@ -156,14 +155,7 @@ def _overhead_on(ledger: str, database: str) -> list[Row]:
             '[providers.fast]\nadapter = "http"\nbase_url = "{url}"\n'
             f'rate_limit = "{handrolled_app.RATE_PER_SECOND}/s"\n'
         )
-        b.fleet(["integrations.fast"], WORKERS)
-        b.fleet(["bench.baseline"], WORKERS, app_module="bench.baseline_app")
-        b.handrolled_fleet(WORKERS)
-        runs: dict[str, Callable[[int], list[AsyncResult]]] = {
-            "ours": lambda count: b.send("fast", "/v1/fast", count),
-            "bare": lambda count: b.send_baseline("bench.bare_call", "/v1/fast", count),
-            "hand-rolled": lambda count: b.send_handrolled("fast", "/v1/fast", count),
-        }
+        runs = {name: b.overhead_fleet(name, WORKERS) for name in OVERHEAD_FLEETS}
         for send in runs.values():  # connections made and scripts loaded, as in a worker that has run
             wait_all(send(100))
         rates: dict[str, list[float]] = {name: [] for name in runs}

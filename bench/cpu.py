@@ -18,17 +18,14 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 
-from celery.result import AsyncResult
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import Bench, bench, wait_all
+from bench.harness import OVERHEAD_FLEETS, bench, wait_all
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WORKERS = 4
-FLEETS = ("ours", "bare", "hand-rolled")
 
 
 def cpu_seconds() -> dict[int, tuple[str, int, float]]:
@@ -65,18 +62,6 @@ def kind(pid: int, processes: dict[int, tuple[str, int, float]]) -> str:
     return "the rest"
 
 
-def fleet(b: Bench, name: str) -> Callable[[int], list[AsyncResult]]:
-    """Start ``name``'s workers; returns how to send it operations."""
-    if name == "ours":
-        b.fleet(["integrations.fast"], WORKERS)
-        return lambda count: b.send("fast", "/v1/fast", count)
-    if name == "bare":
-        b.fleet(["bench.baseline"], WORKERS, app_module="bench.baseline_app")
-        return lambda count: b.send_baseline("bench.bare_call", "/v1/fast", count)
-    b.handrolled_fleet(WORKERS)
-    return lambda count: b.send_handrolled("fast", "/v1/fast", count)
-
-
 def measure(name: str, operations: int) -> tuple[float, Counter[str]]:
     from bench import handrolled_app
 
@@ -85,7 +70,7 @@ def measure(name: str, operations: int) -> tuple[float, Counter[str]]:
             '[providers.fast]\nadapter = "http"\nbase_url = "{url}"\n'
             f'rate_limit = "{handrolled_app.RATE_PER_SECOND}/s"\n'
         )
-        send = fleet(b, name)
+        send = b.overhead_fleet(name, WORKERS)
         wait_all(send(200))  # connections made, scripts loaded
         before = cpu_seconds()
         started = time.monotonic()
@@ -103,7 +88,11 @@ def measure(name: str, operations: int) -> tuple[float, Counter[str]]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "fleets", nargs="*", choices=FLEETS, default=list(FLEETS), help="the fleets measured, in turn"
+        "fleets",
+        nargs="*",
+        choices=OVERHEAD_FLEETS,
+        default=list(OVERHEAD_FLEETS),
+        help="the fleets measured, in turn",
     )
     parser.add_argument("--operations", type=int, default=3000)
     options = parser.parse_args(argv)

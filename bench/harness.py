@@ -6,7 +6,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,8 @@ from tasks.worker import running_worker
 ROOT = Path(__file__).resolve().parents[1]
 # The default ledger: a SQLite file in the bench's own folder.
 SQLITE_LEDGER = "sqlite:///{folder}/ledger.sqlite3"
+# The fleets the overhead benchmark compares: the pipeline, a bare task, the hand-rolled alternative.
+OVERHEAD_FLEETS = ("ours", "bare", "hand-rolled")
 
 
 @dataclass
@@ -119,6 +121,20 @@ class Bench:
 
         self.stack.callback(drop)
         self.fleet([handrolled_app.QUEUE], instances, app_module="bench.handrolled_app")
+
+    def overhead_fleet(self, name: str, instances: int = 4) -> Callable[[int], list[AsyncResult]]:
+        """Start one fleet of the overhead comparison (``OVERHEAD_FLEETS``) on the ``fast`` provider;
+        returns how to send it that many operations."""
+        if name == "ours":
+            self.fleet(["integrations.fast"], instances)
+            return lambda count: self.send("fast", "/v1/fast", count)
+        if name == "bare":
+            self.fleet(["bench.baseline"], instances, app_module="bench.baseline_app")
+            return lambda count: self.send_baseline("bench.bare_call", "/v1/fast", count)
+        if name == "hand-rolled":
+            self.handrolled_fleet(instances)
+            return lambda count: self.send_handrolled("fast", "/v1/fast", count)
+        raise ValueError(f"no fleet {name!r}: one of {', '.join(OVERHEAD_FLEETS)}")
 
     def send_handrolled(self, provider: str, path: str, count: int) -> list[AsyncResult]:
         from bench import handrolled_app

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from integrations.ledger.models import ENDED_BADLY, Operation, OperationStatus
+from integrations.ledger.models import DEAD_LETTERS, Operation, OperationStatus
 from integrations.ledger.records import OperationRecord
 from integrations.ledger.rows import record_of
 from integrations.ledger.store import Ledger
@@ -54,7 +54,7 @@ def dead_letters(ledger: Ledger) -> dict[str, int]:
     """Dead letters (failed, dead, partial operations, not discarded) in the ledger now, by provider."""
     query = (
         select(table.c.provider, func.count())
-        .where(table.c.status.in_([status.value for status in ENDED_BADLY]), table.c.discarded_at.is_(None))
+        .where(DEAD_LETTERS)  # dlq list's rows
         .group_by(table.c.provider)
     )
     with ledger._begin() as connection:  # LedgerUnavailable when out of reach
