@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import (
     DisconnectionError,
     InterfaceError,
@@ -21,6 +21,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from integrations.errors import LedgerUnavailable
+from integrations.ledger.prepared import Prepared
 
 Clock = Callable[[], datetime]
 
@@ -86,6 +87,7 @@ class Database:
         self._kept_pid = 0
         self._kept_since = 0.0  # when it was last used (time.monotonic)
         self._depth = 0  # how many ``_begin`` blocks hold it now
+        self._statements: dict[Hashable, Prepared] = {}  # ``_prepared``
 
     @classmethod
     def connect(cls, url: str, *, clock: Clock = utcnow) -> Self:
@@ -148,6 +150,14 @@ class Database:
         kept, self._kept = self._kept, None
         if kept is not None and self._kept_pid == os.getpid():
             kept.close()
+
+    def _prepared(self, key: Hashable, prepare: Callable[[Dialect], Prepared]) -> Prepared:
+        """The statement ``key`` prepared for this database by ``prepare``, at its first use: once a
+        connection was made, SQLAlchemy knows what the server supports (``RETURNING`` on SQLite)."""
+        prepared = self._statements.get(key)
+        if prepared is None:
+            prepared = self._statements[key] = prepare(self._autocommit.dialect)
+        return prepared
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:

@@ -11,7 +11,7 @@ Beside the operations, the ledger's database keeps the operators' actions (``ope
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -27,7 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import (
     IntegrityError,
 )
@@ -35,6 +35,7 @@ from sqlalchemy.exc import (
 from integrations.errors import ErrorInfo
 from integrations.ledger.engine import Database
 from integrations.ledger.models import DEAD_LETTERS, ENDED_BADLY, OperationStatus, OperatorAction
+from integrations.ledger.prepared import Prepared
 from integrations.ledger.records import (
     ActionRecord,
     AuditAction,
@@ -44,6 +45,7 @@ from integrations.ledger.records import (
     dump_items,
 )
 from integrations.ledger.rows import (
+    COLUMNS,
     INSERT,
     claim_or_start,
     ended_attempt,
@@ -224,11 +226,17 @@ class Ledger(Database):
             "started_at": now,
             "lease_expires_at": now + lease,
         }
-        statement = claim_or_start(self.engine.dialect.name)
         params = values | {"now": now, "due_waiting": now + tolerance, "request_id_given": request_id}
+        row: Mapping[Any, Any] | None
         with self._begin() as connection:
-            row = connection.execute(statement, params).mappings().first()
+            if Prepared.unobserved(connection.engine):
+                row = self._prepared("take", self._claim_or_start).first(connection, params)
+            else:
+                row = connection.execute(claim_or_start(self.engine.dialect.name), params).mappings().first()
         return record_of(row) if row else None
+
+    def _claim_or_start(self, dialect: Dialect) -> Prepared:
+        return Prepared(claim_or_start(dialect.name), dialect, column_keys=COLUMNS, returning=tuple(table.c))
 
     def start(
         self, new: NewOperation, *, lease: timedelta, items: Items | None = None
@@ -571,12 +579,19 @@ class Ledger(Database):
         return deleted
 
     def _compare_and_set(self, record: OperationRecord, values: dict[str, Any]) -> OperationRecord | None:
-        statement = update_statement(tuple(sorted(values)))
+        columns = tuple(sorted(values))
         params = {f"set_{name}": value for name, value in values.items()} | {
             "match_id": record.id,
             "match_version": record.version,
         }
         with self._begin() as connection:
-            if connection.execute(statement, params).rowcount != 1:
+            if Prepared.unobserved(connection.engine):
+                prepared = self._prepared(
+                    ("update", columns), lambda dialect: Prepared(update_statement(columns), dialect)
+                )
+                count = prepared.rowcount(connection, params)
+            else:
+                count = connection.execute(update_statement(columns), params).rowcount
+            if count != 1:
                 return None
         return record_of(row_values(record) | values)

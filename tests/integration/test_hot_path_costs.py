@@ -2,17 +2,21 @@
 (one that finds, starts or claims; one that finishes) and two Redis round trips for all the guards
 together (their admission before the call, their record after it), on SQLite and PostgreSQL alike.
 
-Statements are counted through SQLAlchemy's ``before_cursor_execute`` event on the ledger's engine; Redis
-round trips through a connection that counts what it sends (a pipeline or a script is one send)."""
+Statements are counted as the database driver runs them (SQLite's trace callback, a counting psycopg
+cursor), where they are counted whichever way they go there: the attempt's two are run on the driver's
+cursor, every other through SQLAlchemy. Redis round trips through a connection that counts what it sends (a
+pipeline or a script is one send)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 import requests
@@ -61,6 +65,25 @@ class Setup:
         return self.runner.run(Delivery("request", kwargs, message_id=f"msg-{key}"))
 
 
+def counting(statements: list[str]) -> Callable[[Any, Any], None]:
+    """A listener of new connections that makes their driver note every statement it runs in
+    ``statements``."""
+
+    def count(driver: Any, _record: Any) -> None:
+        if isinstance(driver, sqlite3.Connection):
+            driver.set_trace_callback(statements.append)
+            return
+
+        class CountingCursor(psycopg.Cursor[Any]):
+            def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+                statements.append(str(query))
+                return super().execute(query, params, **options)
+
+        driver.cursor_factory = CountingCursor
+
+    return count
+
+
 @contextmanager
 def counted_setup(
     ledger_url: str, redis_url: str, simulator: ProviderSimulator, name: str, **table: Any
@@ -86,17 +109,15 @@ def counted_setup(
         clock_ms=clock.ms,
     )
 
-    def count(_connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        costs.statements.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", count)  # every engine: the ledger has two
+    count = counting(costs.statements)
+    event.listen(Engine, "connect", count)  # every engine: the ledger has two
     setup = Setup(runner, costs, clock, client)
     # Connections made and scripts loaded once, as in a worker that has run before.
     assert isinstance(setup.send("warm-up"), Done)
     try:
         yield setup
     finally:
-        event.remove(Engine, "before_cursor_execute", count)
+        event.remove(Engine, "connect", count)
         ledger.dispose()
         client.close()
 
@@ -160,6 +181,23 @@ def test_a_throttled_attempt_waits_in_two_statements_and_one_round_trip(
         deferred = setup.send("order-5")
         assert isinstance(deferred, Defer) and deferred.reason == "throttled"
         assert setup.costs.seen == (["INSERT", "UPDATE"], 1)
+
+
+def test_an_instrumented_ledger_shows_both_statements_of_an_attempt(setup: Setup) -> None:
+    """Who listens to SQLAlchemy's statement events (an APM's instrumentation) sees the attempt's two
+    statements, which then go through SQLAlchemy; the cost is the same."""
+    seen: list[str] = []
+
+    def note(_connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        assert isinstance(setup.send("order-7"), Done)
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+    assert seen == ["INSERT", "UPDATE"]
+    assert setup.costs.seen == (["INSERT", "UPDATE"], 2)
 
 
 def test_a_429_that_pauses_the_fleet_still_costs_two_round_trips(
