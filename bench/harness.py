@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 from celery import Celery
 from celery.result import AsyncResult
+from sqlalchemy import MetaData
 
 from integrations.ledger import schema
 from integrations.testing.provider import ProviderSimulator
@@ -23,8 +24,9 @@ from tasks.worker import running_worker
 ROOT = Path(__file__).resolve().parents[1]
 # The default ledger: a SQLite file in the bench's own folder.
 SQLITE_LEDGER = "sqlite:///{folder}/ledger.sqlite3"
-# The fleets the overhead benchmark compares: the pipeline, a bare task, the hand-rolled alternative.
-OVERHEAD_FLEETS = ("ours", "bare", "hand-rolled")
+# The fleets the overhead benchmark compares: the pipeline, a bare task, the hand-rolled alternative, and
+# the floor (a bare task plus the least the promises cost: bench.floor_app).
+OVERHEAD_FLEETS = ("ours", "bare", "hand-rolled", "floor")
 
 
 @dataclass
@@ -99,28 +101,34 @@ class Bench:
         engine.dispose()
         return float(last.timestamp() - (time.time() - time.monotonic()))
 
-    def send_baseline(self, task: str, path: str, count: int) -> list[AsyncResult]:
+    def send_baseline(
+        self, task: str, path: str, count: int, queue: str = "bench.baseline"
+    ) -> list[AsyncResult]:
         run = uuid.uuid4().hex[:8]
         url = self.simulator.url + path
-        return [
-            self.app.send_task(task, args=[url, f"b-{run}-{i}"], queue="bench.baseline") for i in range(count)
-        ]
+        return [self.app.send_task(task, args=[url, f"b-{run}-{i}"], queue=queue) for i in range(count)]
 
     def handrolled_fleet(self, instances: int = 4) -> None:
         """The hand-rolled alternative's workers (bench.handrolled_app), its idempotency table made afresh
         in the ledger's database and dropped at the end."""
         from bench import handrolled_app
 
+        self._tables(handrolled_app.metadata)
+        self.fleet([handrolled_app.QUEUE], instances, app_module="bench.handrolled_app")
+
+    def _tables(self, metadata: MetaData) -> None:
+        """A baseline's own tables, made afresh in the ledger's database and dropped at the end."""
+        from bench import handrolled_app
+
         engine = handrolled_app.engine_for(self.env["DATABASE_URL"])
-        handrolled_app.metadata.drop_all(engine)
-        handrolled_app.metadata.create_all(engine)
+        metadata.drop_all(engine)
+        metadata.create_all(engine)
 
         def drop() -> None:
-            handrolled_app.metadata.drop_all(engine)
+            metadata.drop_all(engine)
             engine.dispose()
 
         self.stack.callback(drop)
-        self.fleet([handrolled_app.QUEUE], instances, app_module="bench.handrolled_app")
 
     def overhead_fleet(self, name: str, instances: int = 4) -> Callable[[int], list[AsyncResult]]:
         """Start one fleet of the overhead comparison (``OVERHEAD_FLEETS``) on the ``fast`` provider;
@@ -134,6 +142,12 @@ class Bench:
         if name == "hand-rolled":
             self.handrolled_fleet(instances)
             return lambda count: self.send_handrolled("fast", "/v1/fast", count)
+        if name == "floor":
+            from bench import floor_app
+
+            self._tables(floor_app.metadata)
+            self.fleet([floor_app.QUEUE], instances, app_module="bench.floor_app")
+            return lambda count: self.send_baseline(floor_app.TASK, "/v1/fast", count, floor_app.QUEUE)
         raise ValueError(f"no fleet {name!r}: one of {', '.join(OVERHEAD_FLEETS)}")
 
     def send_handrolled(self, provider: str, path: str, count: int) -> list[AsyncResult]:
