@@ -207,7 +207,7 @@ def _overhead_on(ledger: str, database: str) -> list[Row]:
             "floor: bare task + 2 statements and 2 Redis scripts on the raw drivers (bench.floor_app)",
             "reference",
             f"ratio {ratio('ours', 'floor'):.2f}; the floor's own to bare: {ratio('floor', 'bare'):.2f}, "
-            "the most any implementation of the promises could reach here",
+            "about the most any implementation of the promises could reach here",
         ),
     ]
 

@@ -1,4 +1,4 @@
-"""Where an operation's CPU goes: ``python -m bench.cpu [ours|bare|hand-rolled ...] [--operations N]``.
+"""Where an operation's CPU goes: ``python -m bench.cpu [ours|bare|hand-rolled|floor ...] [--operations N]``.
 
 One fleet at a time (four worker processes, as ``python -m bench overhead`` runs them) drains N operations;
 the CPU time (user and system, from /proc) that every process of the machine spent meanwhile is summed by

@@ -46,9 +46,10 @@ def create_ledger_engine(url: str, *, autocommit: bool = False) -> Engine:
     themselves, and are put back in the pool as they are (nothing to roll back); a transaction sets the
     database's own isolation level for itself (``Database._transaction``)."""
     url = database_url(url)
-    options: dict[str, Any] = (
-        {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}
-    )
+    # A statement's error names no bound value: they hold payloads and answers, which logs must never show.
+    options: dict[str, Any] = {"hide_parameters": True}
+    if autocommit:
+        options |= {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30}, **options)
 

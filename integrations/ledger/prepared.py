@@ -114,6 +114,7 @@ class Prepared:
                 parameters,
                 exc,
                 dialect.loaded_dbapi.Error,
+                hide_parameters=True,  # they hold payloads, which logs must never show
                 connection_invalidated=lost,
                 dialect=dialect,
             ) from exc

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import DBAPIError
 
 from integrations.errors import ErrorInfo, ErrorType, LedgerUnavailable
 from integrations.ledger.models import OperationStatus
@@ -130,3 +131,18 @@ def test_a_connection_the_server_dropped_fails_one_statement_and_is_replaced(led
         assert record is not None and record.status is OperationStatus.SUCCEEDED
     finally:
         ledger.dispose()
+
+
+def test_a_statements_error_shows_no_value_it_was_given(ledger: Ledger) -> None:
+    """Logs show an internal error's exception: a statement's values (payloads, answers) must not be in it."""
+    if ledger.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite keeps a string of any length: no value makes its statement fail")
+    secret = {"card": "4242-secret-marker"}
+    new = NewOperation("p" * 65, "request", "k-long", fingerprint("request", secret), secret, None)
+    with pytest.raises(DBAPIError) as raised:
+        ledger.take(new, lease=LEASE, request_id=None, tolerance=timedelta(seconds=1))
+    assert "value too long" in str(raised.value)
+    assert "secret-marker" not in str(raised.value)
+    with through_sqlalchemy(), pytest.raises(DBAPIError) as raised:
+        ledger.take(new, lease=LEASE, request_id=None, tolerance=timedelta(seconds=1))
+    assert "secret-marker" not in str(raised.value)
