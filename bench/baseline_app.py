@@ -4,16 +4,13 @@ acks, prefetch 1)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import requests
-from celery import Celery
 
-from bench.careful import CAREFUL
+from bench.careful import careful_app
 
-app = Celery("bench-baseline", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
-app.conf.update(CAREFUL, task_default_queue="bench.baseline")
+app = careful_app("bench-baseline", "bench.baseline")
 _session: requests.Session | None = None
 
 

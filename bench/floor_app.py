@@ -14,18 +14,15 @@ from typing import Any
 
 import redis
 import requests
-from celery import Celery
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text
 
-from bench.careful import CAREFUL
+from bench.careful import REDIS_URL, careful_app
 from bench.handrolled_app import engine_for
 
 QUEUE = "bench.floor"
 TASK = "bench.floor_call"
 
-_redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-app = Celery("bench-floor", broker=_redis_url, backend=_redis_url)
-app.conf.update(CAREFUL, task_default_queue=QUEUE)
+app = careful_app("bench-floor", QUEUE)
 
 metadata = MetaData()
 operations = Table(
@@ -64,7 +61,7 @@ def session() -> requests.Session:
 
 @cache
 def scripts() -> tuple[Any, Any]:
-    client = redis.Redis.from_url(_redis_url)
+    client = redis.Redis.from_url(REDIS_URL)
     return client.register_script(ADMIT), client.register_script(RECORD)
 
 

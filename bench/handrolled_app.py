@@ -17,7 +17,7 @@ from typing import Any
 import pybreaker
 import redis
 import requests
-from celery import Celery, Task
+from celery import Task
 from limits import RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from bench.careful import CAREFUL
+from bench.careful import REDIS_URL, careful_app
 
 QUEUE = "bench.handrolled"
 TASK = "bench.handrolled_call"
@@ -58,9 +58,7 @@ class ProviderPolicy:
 
 POLICIES: dict[str, ProviderPolicy] = {"fast": ProviderPolicy()}
 
-_redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-app = Celery("bench-handrolled", broker=_redis_url, backend=_redis_url)
-app.conf.update(CAREFUL, task_default_queue=QUEUE)
+app = careful_app("bench-handrolled", QUEUE)
 
 metadata = MetaData()
 idempotency_keys = Table(
@@ -117,7 +115,7 @@ def database() -> Engine:
 
 @cache
 def _redis_pool() -> redis.ConnectionPool:
-    return redis.ConnectionPool.from_url(_redis_url)
+    return redis.ConnectionPool.from_url(REDIS_URL)
 
 
 @cache
