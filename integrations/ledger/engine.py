@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy import Column, Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
     DisconnectionError,
     InterfaceError,
@@ -19,6 +19,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.sql.dml import UpdateBase
 
 from integrations.errors import LedgerUnavailable
 from integrations.ledger.prepared import Prepared
@@ -88,7 +89,7 @@ class Database:
         self._kept_pid = 0
         self._kept_since = 0.0  # when it was last used (time.monotonic)
         self._depth = 0  # how many ``_begin`` blocks hold it now
-        self._statements: dict[Hashable, Prepared] = {}  # ``_prepared``
+        self._statements: dict[UpdateBase, Prepared] = {}  # ``_prepared``
 
     @classmethod
     def connect(cls, url: str, *, clock: Clock = utcnow) -> Self:
@@ -152,12 +153,21 @@ class Database:
         if kept is not None and self._kept_pid == os.getpid():
             kept.close()
 
-    def _prepared(self, key: Hashable, prepare: Callable[[Dialect], Prepared]) -> Prepared:
-        """The statement ``key`` prepared for this database by ``prepare``, at its first use: once a
-        connection was made, SQLAlchemy knows what the server supports (``RETURNING`` on SQLite)."""
-        prepared = self._statements.get(key)
+    def _prepared(
+        self,
+        statement: UpdateBase,
+        *,
+        column_keys: Sequence[str] | None = None,
+        returning: Sequence[Column[Any]] = (),
+    ) -> Prepared:
+        """``statement`` (one built once) prepared for this database at its first use, inside a ``_begin``
+        block: once a connection was made, SQLAlchemy knows what the server supports (``RETURNING`` on
+        SQLite). The options are ``Prepared``'s."""
+        prepared = self._statements.get(statement)
         if prepared is None:
-            prepared = self._statements[key] = prepare(self._autocommit.dialect)
+            prepared = self._statements[statement] = Prepared(
+                statement, self._autocommit.dialect, column_keys=column_keys, returning=returning
+            )
         return prepared
 
     @contextmanager

@@ -7,21 +7,20 @@ result object and its row mappings, which cost more than the statement itself on
 ledger goes through SQLAlchemy as usual.
 
 Whoever listens to SQLAlchemy's statement events on the engine (an APM's instrumentation, a test that
-counts) would not see a statement run this way, so while anyone listens the statement takes the usual way
-(``Prepared.unobserved``). A driver's error is raised as SQLAlchemy raises it (``sqlalchemy.exc.DBAPIError``
+counts) would not see a statement run this way, so while anyone listens the statement takes the usual way,
+``Connection.execute``. A driver's error is raised as SQLAlchemy raises it (``sqlalchemy.exc.DBAPIError``
 and its subclasses), and a connection the driver lost is invalidated, as SQLAlchemy does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Column, Engine
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
 
 Processor = Callable[[Any], Any] | None
 
@@ -32,15 +31,14 @@ class Prepared:
 
     def __init__(
         self,
-        statement: ClauseElement,
+        statement: UpdateBase,
         dialect: Dialect,
         *,
         column_keys: Sequence[str] | None = None,
         returning: Sequence[Column[Any]] = (),
     ) -> None:
-        compiled = cast(
-            SQLCompiler, statement.compile(dialect=dialect, column_keys=list(column_keys or ()) or None)
-        )
+        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys or ()) or None)
+        self.statement = statement
         self.sql = compiled.string
         self._dialect = dialect
         # Values the statement carries itself (literals SQLAlchemy binds, such as a status in a WHERE).
@@ -51,32 +49,24 @@ class Prepared:
             name: bind.type.dialect_impl(dialect).bind_processor(dialect)
             for name, bind in compiled.binds.items()
         }
-        names = compiled.positiontup if compiled.positional else list(compiled.binds)
-        self._binds: list[tuple[str, Processor]] = [(name, converts[name]) for name in names or ()]
+        names = compiled.positiontup or list(compiled.binds)  # positional drivers take them in order
+        self._binds: list[tuple[str, Processor]] = [(name, converts[name]) for name in names]
         self._positional = compiled.positional
         self._returning = [(column.name, column.type.dialect_impl(dialect)) for column in returning]
         self._results: list[tuple[str, Processor]] | None = None  # known from the first row's description
 
-    @staticmethod
-    def unobserved(engine: Engine) -> bool:
-        """Whether no one listens to ``engine``'s statement events (who would not see a statement run on
-        the driver)."""
-        dispatch = engine.dispatch
-        return not (dispatch.before_cursor_execute or dispatch.after_cursor_execute)
-
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """``values`` as the driver takes them: converted, in the statement's order or by name."""
         given = self._fixed | dict(values)
-        converted = [
-            (name, convert(given[name]) if convert is not None else given[name])
-            for name, convert in self._binds
-        ]
         if self._positional:
-            return [value for _, value in converted]
-        return dict(converted)
+            return [convert(given[name]) if convert else given[name] for name, convert in self._binds]
+        return {name: convert(given[name]) if convert else given[name] for name, convert in self._binds}
 
     def first(self, connection: Connection, values: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run the statement; the first row it returns (its ``returning`` columns), or ``None``."""
+        if observed(connection.engine):
+            found = connection.execute(self.statement, values).mappings().first()
+            return dict(found) if found is not None else None
         description, _, row = self._run(connection, values, fetch=True)
         if row is None:
             return None
@@ -92,6 +82,8 @@ class Prepared:
 
     def rowcount(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """Run the statement; how many rows it changed."""
+        if observed(connection.engine):
+            return int(connection.execute(self.statement, values).rowcount)
         return self._run(connection, values, fetch=False)[1]
 
     def _run(self, connection: Connection, values: Mapping[str, Any], *, fetch: bool) -> tuple[Any, int, Any]:
@@ -120,3 +112,10 @@ class Prepared:
             ) from exc
         finally:
             cursor.close()
+
+
+def observed(engine: Engine) -> bool:
+    """Whether anyone listens to ``engine``'s statement events, who would not see a statement run on the
+    driver."""
+    dispatch = engine.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)

@@ -11,7 +11,7 @@ Beside the operations, the ledger's database keeps the operators' actions (``ope
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -27,7 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
     IntegrityError,
 )
@@ -35,7 +35,6 @@ from sqlalchemy.exc import (
 from integrations.errors import ErrorInfo
 from integrations.ledger.engine import Database
 from integrations.ledger.models import DEAD_LETTERS, ENDED_BADLY, OperationStatus, OperatorAction
-from integrations.ledger.prepared import Prepared
 from integrations.ledger.records import (
     ActionRecord,
     AuditAction,
@@ -227,16 +226,11 @@ class Ledger(Database):
             "lease_expires_at": now + lease,
         }
         params = values | {"now": now, "due_waiting": now + tolerance, "request_id_given": request_id}
-        row: Mapping[Any, Any] | None
+        statement = claim_or_start(self.engine.dialect.name)
         with self._begin() as connection:
-            if Prepared.unobserved(connection.engine):
-                row = self._prepared("take", self._claim_or_start).first(connection, params)
-            else:
-                row = connection.execute(claim_or_start(self.engine.dialect.name), params).mappings().first()
+            prepared = self._prepared(statement, column_keys=COLUMNS, returning=tuple(table.c))
+            row = prepared.first(connection, params)
         return record_of(row) if row else None
-
-    def _claim_or_start(self, dialect: Dialect) -> Prepared:
-        return Prepared(claim_or_start(dialect.name), dialect, column_keys=COLUMNS, returning=tuple(table.c))
 
     def start(
         self, new: NewOperation, *, lease: timedelta, items: Items | None = None
@@ -585,13 +579,6 @@ class Ledger(Database):
             "match_version": record.version,
         }
         with self._begin() as connection:
-            if Prepared.unobserved(connection.engine):
-                prepared = self._prepared(
-                    ("update", columns), lambda dialect: Prepared(update_statement(columns), dialect)
-                )
-                count = prepared.rowcount(connection, params)
-            else:
-                count = connection.execute(update_statement(columns), params).rowcount
-            if count != 1:
+            if self._prepared(update_statement(columns)).rowcount(connection, params) != 1:
                 return None
         return record_of(row_values(record) | values)

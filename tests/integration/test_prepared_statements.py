@@ -9,9 +9,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import UpdateBase
 
 from integrations.errors import ErrorInfo, ErrorType, LedgerUnavailable
 from integrations.ledger.models import OperationStatus
@@ -68,14 +71,29 @@ def attempts(ledger: Ledger, clock: Clock, key: str) -> list[OperationRecord]:
     return [row for row in rows if row is not None]
 
 
-def test_the_driver_stores_and_gives_back_what_sqlalchemy_does(ledger_url: str) -> None:
+def test_the_driver_stores_and_gives_back_what_sqlalchemy_does(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executed: list[Any] = []  # what went through SQLAlchemy's Connection
+    execute = Connection.execute
+
+    def noted(connection: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        executed.append(statement)
+        return execute(connection, statement, *args, **kwargs)
+
+    def writes() -> int:
+        return sum(isinstance(statement, UpdateBase) for statement in executed)
+
+    monkeypatch.setattr(Connection, "execute", noted)
     clock = Clock()
     ledger = Ledger.connect(ledger_url, clock=clock)
     try:
         on_the_driver = attempts(ledger, clock, "on-the-driver")
+        assert writes() == 0  # the two takes and the two finishes ran on the driver
         with through_sqlalchemy():
             clock.now = on_the_driver[0].created_at  # the same times, so that the rows can be compared
             usual = attempts(ledger, clock, "usual")
+        assert writes() == 4
     finally:
         ledger.dispose()
 
@@ -106,6 +124,12 @@ def test_a_ledger_without_its_table_is_unavailable_by_name(ledger: Ledger) -> No
     assert ledger.take(new, lease=LEASE, request_id=None, tolerance=timedelta(seconds=1)) is not None
 
 
+def backend_pid(connection: Connection) -> int:
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver.info.backend_pid
+
+
 def test_a_connection_the_server_dropped_fails_one_statement_and_is_replaced(ledger_url: str) -> None:
     if ledger_url.startswith("sqlite"):
         pytest.skip("a SQLite ledger has no server to drop its connections")
@@ -114,19 +138,24 @@ def test_a_connection_the_server_dropped_fails_one_statement_and_is_replaced(led
         new = NewOperation("acme", "request", "dropped-1", fingerprint("request", PAYLOAD), PAYLOAD, None)
         claimed = ledger.take(new, lease=LEASE, request_id=None, tolerance=timedelta(seconds=1))
         assert claimed is not None
+        # Read from the driver, not by a statement: the connection's only statement stays the driver's own.
         with ledger._begin() as connection:
-            backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            backend = backend_pid(connection)
         other = Ledger.connect(ledger_url)
         with other._begin() as connection:
             assert connection.exec_driver_sql(f"SELECT pg_terminate_backend({backend})").scalar_one()
         other.dispose()
 
+        invalidated: list[BaseException | None] = []
+        event.listen(ledger._autocommit.pool, "invalidate", lambda _c, _r, exc: invalidated.append(exc))
         with pytest.raises(LedgerUnavailable, match="OperationalError"):
             ledger.finish(claimed, OperationStatus.SUCCEEDED, response={"status_code": 200})
-        assert ledger._autocommit.pool.checkedout() == 0  # given back, and not to be handed out again
+        assert (
+            len(invalidated) == 1
+        )  # the pool knows it lost the connection, as with SQLAlchemy's own statements
         assert ledger.finish(claimed, OperationStatus.SUCCEEDED, response={"status_code": 200}) is not None
         with ledger._begin() as connection:
-            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != backend
+            assert backend_pid(connection) != backend
         record = ledger.find("acme", "dropped-1")
         assert record is not None and record.status is OperationStatus.SUCCEEDED
     finally:
