@@ -108,16 +108,9 @@ class Bench:
         url = self.simulator.url + path
         return [self.app.send_task(task, args=[url, f"b-{run}-{i}"], queue=queue) for i in range(count)]
 
-    def handrolled_fleet(self, instances: int = 4) -> None:
-        """The hand-rolled alternative's workers (bench.handrolled_app), its idempotency table made afresh
-        in the ledger's database and dropped at the end."""
-        from bench import handrolled_app
-
-        self._tables(handrolled_app.metadata)
-        self.fleet([handrolled_app.QUEUE], instances, app_module="bench.handrolled_app")
-
     def _tables(self, metadata: MetaData) -> None:
-        """A baseline's own tables, made afresh in the ledger's database and dropped at the end."""
+        """A baseline's own tables (the hand-rolled idempotency keys, the floor's rows), made afresh in the
+        ledger's database and dropped at the end."""
         from bench import handrolled_app
 
         engine = handrolled_app.engine_for(self.env["DATABASE_URL"])
@@ -140,7 +133,10 @@ class Bench:
             self.fleet(["bench.baseline"], instances, app_module="bench.baseline_app")
             return lambda count: self.send_baseline("bench.bare_call", "/v1/fast", count)
         if name == "hand-rolled":
-            self.handrolled_fleet(instances)
+            from bench import handrolled_app
+
+            self._tables(handrolled_app.metadata)
+            self.fleet([handrolled_app.QUEUE], instances, app_module="bench.handrolled_app")
             return lambda count: self.send_handrolled("fast", "/v1/fast", count)
         if name == "floor":
             from bench import floor_app
