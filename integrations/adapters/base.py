@@ -285,19 +285,31 @@ class Adapter:
     def _send(self, operation: str, call: HttpCall, headers: Mapping[str, str]) -> requests.Response:
         """Send ``call``; foreign exceptions become ours here."""
         where = self.where(operation)
+        url = self.provider.base_url + call.path
         try:
-            return self.session.request(
-                call.method,
-                self.provider.base_url + call.path,
+            # Prepared here and handed to the session's transport adapter, rather than through
+            # ``Session.request``: that merges the session's cookies, hooks, settings and redirect handling
+            # into every call, a fifth of an attempt's HTTP time, and keeps the cookies a provider sets for
+            # later calls, which one operation's call should not carry into another's.
+            prepared = requests.PreparedRequest()
+            prepared.prepare(
+                method=call.method,
+                url=url,
+                headers={**self.session.headers, **headers},
                 params=call.params,
                 json=call.json,
                 data=call.data,
-                headers=headers,
-                timeout=self.provider.timeout,
-                allow_redirects=False,
-                proxies=self.proxies,
-                verify=self.verify,
             )
+            response = self.session.get_adapter(url).send(
+                prepared,
+                stream=False,
+                timeout=self.provider.timeout,
+                verify=self.verify,
+                cert=None,
+                proxies=self.proxies,
+            )
+            response.content  # noqa: B018 - the whole answer is read here, under the attempt's deadline
+            return response
         except requests.Timeout as exc:
             raise TransientError(
                 f"{where}: no answer within {self.provider.timeout:g}s", error_type=ErrorType.TIMEOUT

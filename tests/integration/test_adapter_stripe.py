@@ -185,6 +185,27 @@ def test_create_payment_intent_sends_the_documented_request_and_parses_the_objec
     assert "client_secret" not in kept and "_secret_" not in json.dumps(kept)
 
 
+def test_a_cookie_the_provider_sets_is_not_sent_with_the_next_operation(
+    adapter: StripeAdapter, fake: FakeStripe
+) -> None:
+    """Each operation's call stands alone: a cookie one answer sets (a load balancer's, a session's) does
+    not ride along on the calls of other operations, which may be another customer's."""
+    fake.script(
+        Answer(
+            200,
+            payment_intent("pi_cookie", status="succeeded"),
+            headers={"Set-Cookie": "machine=m1; Path=/"},
+        )
+    )
+    call(adapter, "create_payment_intent", CONFIRMED, key="order-1")
+    call(adapter, "create_payment_intent", CONFIRMED, key="order-2")
+
+    first, second = fake.received()
+    assert second.header("Idempotency-Key") == "order-2"
+    assert second.header("Cookie") is None
+    assert first.header("User-Agent") == second.header("User-Agent") == requests.utils.default_user_agent()
+
+
 def test_an_unconfirmed_payment_intent_waits_for_a_payment_method(
     adapter: StripeAdapter, fake: FakeStripe
 ) -> None:
