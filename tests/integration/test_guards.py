@@ -248,3 +248,19 @@ def test_redis_answering_with_an_error_is_not_taken_for_redis_down(
     outcome = send(fleet.runner(), "k1")
     assert isinstance(outcome, Defer) and outcome.reason == "internal_error"
     assert simulator.calls() == []
+
+
+def test_a_redis_that_lost_the_scripts_is_given_them_again(
+    make_fleet: Any, shared_redis: redis.Redis, simulator: ProviderSimulator
+) -> None:
+    """A Redis restarted empty (or flushed) knows no script: the guards load theirs again and go on, with
+    the breaker counting as before."""
+    fleet = make_fleet(breaker={"fail_max": 2, "reset_timeout": 30})
+    runner = fleet.runner()
+    assert isinstance(send(runner, "k1", "/v1/x?status=503"), Retry)
+    shared_redis.script_flush()
+
+    assert isinstance(send(runner, "k2", "/v1/x?status=503"), Retry)
+    assert fleet.breaker.status().state == BreakerState.OPEN  # both failures counted
+    assert isinstance(send(runner, "k3"), Defer)
+    assert len(simulator.calls()) == 2
