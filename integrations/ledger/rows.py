@@ -225,4 +225,5 @@ def record_of(row: Any) -> OperationRecord:
     return OperationRecord(**values)
 
 
-COLUMNS = tuple(column.name for column in table.columns)
+TABLE_COLUMNS = tuple(table.columns)
+COLUMNS = tuple(column.name for column in TABLE_COLUMNS)

@@ -46,6 +46,7 @@ from integrations.ledger.records import (
 from integrations.ledger.rows import (
     COLUMNS,
     INSERT,
+    TABLE_COLUMNS,
     claim_or_start,
     ended_attempt,
     insert_if_absent,
@@ -228,7 +229,7 @@ class Ledger(Database):
         params = values | {"now": now, "due_waiting": now + tolerance, "request_id_given": request_id}
         statement = claim_or_start(self.engine.dialect.name)
         with self._begin() as connection:
-            prepared = self._prepared(statement, column_keys=COLUMNS, returning=tuple(table.c))
+            prepared = self._prepared(statement, column_keys=COLUMNS, returning=TABLE_COLUMNS)
             row = prepared.first(connection, params)
         return record_of(row) if row else None
 
