@@ -253,14 +253,13 @@ class Recorder:
         finished = self._finish(claimed, OperationStatus.SUCCEEDED, response=response, reference=reference)
         if finished is None:
             return self.taken_over(claimed)
-        if log.isEnabledFor(logging.INFO):  # its fields are not worth making for a line not written
-            log.info(
-                "succeeded %s key=%s attempts=%d",
-                finished.where,
-                finished.idempotency_key,
-                finished.attempts,
-                extra=self.context(claimed, "succeeded"),
-            )
+        log.info(
+            "succeeded %s key=%s attempts=%d",
+            finished.where,
+            finished.idempotency_key,
+            finished.attempts,
+            extra=self.context(claimed, "succeeded"),
+        )
         return Done(result(finished, replayed=False))
 
     def queued(
@@ -305,16 +304,15 @@ class Recorder:
         finished = self._finish(record, status, error=error, items=items)
         if finished is None:
             return None
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s %s key=%s calls=%d items: %s",
-                status.value,
-                finished.where,
-                finished.idempotency_key,
-                finished.attempts,
-                batch.summary(items),
-                extra=self.context(record, status.value),
-            )
+        log.info(
+            "%s %s key=%s calls=%d items: %s",
+            status.value,
+            finished.where,
+            finished.idempotency_key,
+            finished.attempts,
+            batch.summary(items),
+            extra=self.context(record, status.value),
+        )
         return Done(result(finished, replayed=False))
 
     def lost_last_attempt(self, record: OperationRecord) -> Outcome | None:
