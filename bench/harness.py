@@ -179,11 +179,13 @@ def wait_all(results: Sequence[AsyncResult], timeout: float = 600) -> tuple[int,
     result not stored yet reads the queued confirmations one per turn of its loop, and behind 500 others
     that took 0.3 to 0.6 s after a fleet's last call: the client measured itself, and the more so the
     slower the fleet. Polling costs the client the same whatever the fleet."""
-    reader = _results(results[0].app.conf.broker_url) if results else None
+    if not results:
+        return 0, 0
+    reader = _results(results[0].app.conf.broker_url)
     pending = list(results)
     ok = failed = 0
     deadline = time.monotonic() + timeout
-    while pending and reader is not None:
+    while pending:
         oldest, rest = pending[:POLL_KEYS], pending[POLL_KEYS:]
         stored = reader.mget([reader.get_key_for_task(result.id) for result in oldest])
         waiting = []

@@ -150,9 +150,8 @@ def test_a_connection_the_server_dropped_fails_one_statement_and_is_replaced(led
         event.listen(ledger._autocommit.pool, "invalidate", lambda _c, _r, exc: invalidated.append(exc))
         with pytest.raises(LedgerUnavailable, match="OperationalError"):
             ledger.finish(claimed, OperationStatus.SUCCEEDED, response={"status_code": 200})
-        assert (
-            len(invalidated) == 1
-        )  # the pool knows it lost the connection, as with SQLAlchemy's own statements
+        # The pool knows it lost the connection, as with SQLAlchemy's own statements.
+        assert len(invalidated) == 1
         assert ledger.finish(claimed, OperationStatus.SUCCEEDED, response={"status_code": 200}) is not None
         with ledger._begin() as connection:
             assert backend_pid(connection) != backend
