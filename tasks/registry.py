@@ -25,6 +25,7 @@ from tasks.events import register_event_tasks
 from tasks.maintenance import MAINTENANCE_QUEUE, MAINTENANCE_TASKS, register_maintenance
 from tasks.operations import configure_runtime, register_operation
 from tasks.queues import QueueNames, refuse_unserved
+from tasks.results import use_result_backend
 
 log = logging.getLogger("integrations.worker")
 
@@ -35,6 +36,7 @@ def register_tasks(app: Celery, settings: Settings) -> Runtime:
     loaded = Runtime.load(settings.providers_file, settings.database_url, settings.state_redis_url)
     # Before any pool process counts: each writes its counts where `integrations metrics serve` reads them.
     metrics_dir()
+    use_result_backend(app)
     configure_runtime(
         lambda: Runtime(
             loaded.providers,

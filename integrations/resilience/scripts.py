@@ -76,7 +76,9 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
-    def __call__(self, keys: Sequence[str] = (), args: Sequence[str | int | float] = ()) -> Any:
+    def __call__(
+        self, keys: Sequence[str | bytes] = (), args: Sequence[str | bytes | int | float] = ()
+    ) -> Any:
         keys_and_args: tuple[Any, ...] = (*keys, *args)
         try:
             return self.client.evalsha(self.sha, len(keys), *keys_and_args)
