@@ -81,8 +81,12 @@ class _Instruments:
         if os.environ.get(MULTIPROC_ENV):
             # Files named by host and process id, not the process id alone: worker containers that share
             # one metrics volume have the same process ids, and would write into each other's files.
+            # prometheus-client asks for the name at every count, to see a fork: it is made again in the
+            # child when one happens, rather than asking the system for the process id every time.
             host = socket.gethostname().replace("_", "-")
-            values.ValueClass = values.MultiProcessValue(lambda: f"{host}-{os.getpid()}")  # type: ignore[no-untyped-call]
+            name = [f"{host}-{os.getpid()}"]
+            os.register_at_fork(after_in_child=lambda: name.__setitem__(0, f"{host}-{os.getpid()}"))
+            values.ValueClass = values.MultiProcessValue(lambda: name[0])  # type: ignore[no-untyped-call]
         self.operations: Counter = Counter(
             _stem(OPERATIONS_TOTAL),
             "Operations ended, and messages answered from the ledger or refused, by outcome.",
@@ -122,6 +126,16 @@ class _Instruments:
             "stale, too_large, invalid, unknown_provider).",
             ["provider", "type", "result"],
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def labelled(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once per process: prometheus-client checks and converts
+        the values, under a lock, at every call. (No metric here ever has a child removed.)"""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
 
 @cache
@@ -152,20 +166,20 @@ class Metrics:
         provider, operation = attempt.provider, attempt.operation
         error = observation.error
         result = "succeeded" if error is None else error.error_type.value
-        meters.attempts.labels(provider.name, operation, result).inc()
-        meters.duration.labels(provider.name, operation).observe(observation.seconds)
+        meters.labelled(meters.attempts, provider.name, operation, result).inc()
+        meters.labelled(meters.duration, provider.name, operation).observe(observation.seconds)
         if provider.cost_per_call:
-            meters.cost.labels(provider.name).inc(provider.cost_per_call)
+            meters.labelled(meters.cost, provider.name).inc(provider.cost_per_call)
         state = observation.rate_limit
         if state is not None and state.usage is not None:
-            meters.quota.labels(provider.name, "quota").set(state.usage)
+            meters.labelled(meters.quota, provider.name, "quota").set(state.usage)
 
     def _delivered(self, provider: ProviderSettings, operation: str, outcome: Outcome) -> None:
         meters = _instruments()
         if isinstance(outcome, Defer):
-            meters.deferrals.labels(provider.name, outcome.reason.value).inc()
+            meters.labelled(meters.deferrals, provider.name, outcome.reason.value).inc()
         elif not isinstance(outcome, Retry):  # a retry's attempt is counted by ``observe``
-            meters.operations.labels(provider.name, operation, ended_as(outcome)).inc()
+            meters.labelled(meters.operations, provider.name, operation, ended_as(outcome)).inc()
 
 
 @contextmanager
