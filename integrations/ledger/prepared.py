@@ -50,17 +50,23 @@ class Prepared:
             for name, bind in compiled.binds.items()
         }
         names = compiled.positiontup or list(compiled.binds)  # positional drivers take them in order
-        self._binds: list[tuple[str, Processor]] = [(name, converts[name]) for name in names]
+        self._binds = [(name, *_with_none(converts[name])) for name in names]
         self._positional = compiled.positional
         self._returning = [(column.name, column.type.dialect_impl(dialect)) for column in returning]
-        self._results: list[tuple[str, Processor]] | None = None  # known from the first row's description
+        # Known from the first row's description.
+        self._results: list[tuple[str, Processor, Any]] | None = None
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """``values`` as the driver takes them: converted, in the statement's order or by name."""
         given = self._fixed | dict(values)
+        converted = [
+            none if value is None else convert(value) if convert else value
+            for name, convert, none in self._binds
+            for value in (given[name],)
+        ]
         if self._positional:
-            return [convert(given[name]) if convert else given[name] for name, convert in self._binds]
-        return {name: convert(given[name]) if convert else given[name] for name, convert in self._binds}
+            return converted
+        return {name: value for (name, _, _), value in zip(self._binds, converted, strict=True)}
 
     def first(self, connection: Connection, values: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run the statement; the first row it returns (its ``returning`` columns), or ``None``."""
@@ -72,12 +78,12 @@ class Prepared:
             return None
         if self._results is None:
             self._results = [
-                (name, kind.result_processor(self._dialect, described[1]))
+                (name, *_with_none(kind.result_processor(self._dialect, described[1])))
                 for (name, kind), described in zip(self._returning, description, strict=True)
             ]
         return {
-            name: convert(value) if convert is not None else value
-            for (name, convert), value in zip(self._results, row, strict=True)
+            name: none if value is None else convert(value) if convert else value
+            for (name, convert, none), value in zip(self._results, row, strict=True)
         }
 
     def rowcount(self, connection: Connection, values: Mapping[str, Any]) -> int:
@@ -112,6 +118,13 @@ class Prepared:
             ) from exc
         finally:
             cursor.close()
+
+
+def _with_none(convert: Processor) -> tuple[Processor, Any]:
+    """A value conversion, and what it makes of ``None``, worked out once: most of an attempt's values are
+    ``None`` (the columns a new row leaves empty), and a conversion's answer for it never changes (``None``,
+    or ``'null'`` for a JSON column)."""
+    return convert, convert(None) if convert is not None else None
 
 
 def observed(engine: Engine) -> bool:
