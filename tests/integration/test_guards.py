@@ -23,7 +23,7 @@ from integrations.outcome import Defer, Done, Failed, Outcome, Retry
 from integrations.pipeline import OperationRunner
 from integrations.providers import ProviderSettings
 from integrations.resilience.breaker import BreakerState, SharedBreaker
-from integrations.resilience.scripts import redis_client
+from integrations.resilience.scripts import Script, redis_client
 from integrations.resilience.throttle import Throttle
 from integrations.runtime import build_runner
 from integrations.testing.provider import ProviderSimulator
@@ -264,3 +264,15 @@ def test_a_redis_that_lost_the_scripts_is_given_them_again(
     assert fleet.breaker.status().state == BreakerState.OPEN  # both failures counted
     assert isinstance(send(runner, "k3"), Defer)
     assert len(simulator.calls()) == 2
+
+
+def test_a_script_is_sent_its_arguments_as_redis_py_would_and_refuses_other_types(
+    shared_redis: redis.Redis,
+) -> None:
+    """Text, bytes and numbers go as redis-py sends them (a float by its repr); anything else is refused
+    before anything is sent, as redis-py refuses it."""
+    echo = Script(shared_redis, "return ARGV")
+    assert echo(args=["é", b"raw", 7, 0.1, -2.5]) == ["é", "raw", "7", "0.1", "-2.5"]
+    for wrong in (True, None):
+        with pytest.raises(redis.DataError, match=type(wrong).__name__):
+            echo(args=[wrong])  # type: ignore[list-item]
