@@ -177,6 +177,8 @@ class OperationRequest(Request):  # type: ignore[misc]
         super().on_failure(exc_info, send_failed_event, return_ok)
 
     def send_event(self, type: str, **fields: Any) -> None:
+        if not (self._eventer and self._eventer.enabled and self.task.send_events):
+            return  # as Celery's own does: nobody asked for events (the summary is not worth making)
         if self._summary is not None:
             if type == "task-succeeded":
                 status = _RESULT_STATUS.match(str(fields.get("result", "")))
