@@ -72,7 +72,7 @@ class Script:
     every call (a third of a call's client time on the hot path). On a plain ``redis.Redis`` the command is
     packed here and sent on a connection of the client's pool, with the client's retries: redis-py's packer
     checks each of a call's twenty-odd arguments against four types, and its command path adds as much
-    again (about 20 us of a 160 us call here). A Redis Cluster, or a client held to one connection, is sent
+    again (about 20 µs of a 110 to 150 µs call here). A Redis Cluster, or a client held to one connection, is sent
     the command through redis-py."""
 
     __slots__ = ("_encoding", "_head", "_pool", "client", "sha", "source")
