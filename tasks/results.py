@@ -11,7 +11,6 @@ plain Celery app reads these results as any other.
 from __future__ import annotations
 
 from functools import cached_property
-from importlib.resources import files
 from typing import Any
 
 from celery import Celery
@@ -19,7 +18,7 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from integrations.resilience.scripts import Script
+from integrations.resilience.scripts import Script, source
 
 # The URL schemes this backend serves in place of Celery's (``sentinel://`` keeps Celery's own).
 SCHEMES = ("redis", "rediss")
@@ -30,8 +29,7 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
 
     @cached_property
     def _store_script(self) -> Script:
-        source = (files("tasks") / "lua" / "store_result.lua").read_text(encoding="utf-8")
-        return Script(self.client, source)
+        return Script(self.client, source("store_result", "tasks"))
 
     def _store_result(
         self,

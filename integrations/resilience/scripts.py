@@ -60,8 +60,9 @@ def server_time_ms(client: redis.Redis, key: str) -> int:
 
 
 @cache
-def source(name: str) -> str:
-    return (files("integrations.resilience") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+def source(name: str, package: str = "integrations.resilience") -> str:
+    """The Lua script ``name``, shipped as ``lua/<name>.lua`` in ``package``'s files."""
+    return (files(package) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 class Script:
