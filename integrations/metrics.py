@@ -126,12 +126,12 @@ class _Instruments:
             "stale, too_large, invalid, unknown_provider).",
             ["provider", "type", "result"],
         )
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def labelled(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, looked up once per process: prometheus-client checks and converts
         the values, under a lock, at every call. (No metric here ever has a child removed.)"""
-        key = (id(metric), values)
+        key = (metric, values)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*values)
